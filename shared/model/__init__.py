@@ -1,0 +1,1 @@
+"""The U-Net, its configuration, and the SavedModel export/load used for serving."""

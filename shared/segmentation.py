@@ -1,0 +1,94 @@
+"""Bytes in, trimap masks out: the one pipeline behind the API and the batch worker.
+
+Both paths call these functions, so a batch job's mask equals the live API's mask for the
+same image and the same model version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import MaskfleetError
+from shared.imaging import (
+    DEFAULT_MAX_PIXELS,
+    FloatImage,
+    Mask,
+    class_fractions,
+    encode_png,
+    mask_from_class_ids,
+    preprocess,
+)
+from shared.model.serving import LoadedModel
+from shared.repository import ModelRepository
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    mask: Mask
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.mask.shape[0])
+
+    @cached_property
+    def png(self) -> bytes:
+        return encode_png(self.mask)
+
+    @cached_property
+    def fractions(self) -> dict[str, float]:
+        return dict(class_fractions(self.mask))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    pixels: FloatImage
+    original: tuple[int, int]
+
+
+def prepare(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+    pixels, original = preprocess(data, size, max_pixels=max_pixels)
+    return Prepared(pixels, original)
+
+
+def finish(class_ids: np.ndarray, original: tuple[int, int]) -> Segmentation:
+    return Segmentation(mask_from_class_ids(class_ids, original))
+
+
+def segment_many(
+    model: LoadedModel, blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Segmentation | MaskfleetError]:
+    """Segment in one model call; a bad image becomes its error, not a failed batch."""
+    prepared: list[Prepared | MaskfleetError] = []
+    for blob in blobs:
+        try:
+            prepared.append(prepare(blob, model.input_size, max_pixels))
+        except MaskfleetError as exc:
+            prepared.append(exc)
+    good = [p for p in prepared if isinstance(p, Prepared)]
+    ids = model.class_ids(np.stack([p.pixels for p in good])) if good else np.empty((0,))
+    results: list[Segmentation | MaskfleetError] = []
+    position = 0
+    for item in prepared:
+        if isinstance(item, Prepared):
+            results.append(finish(ids[position], item.original))
+            position += 1
+        else:
+            results.append(item)
+    return results
+
+
+def load_model(
+    repository: ModelRepository, name: str, version: int, cache_dir: Path
+) -> LoadedModel:
+    """Download a version into the local cache (once) and load its signature."""
+    local = repository.download(name, version, cache_dir)
+    return LoadedModel(local, name=name, version=version)
