@@ -42,3 +42,9 @@ stop:
 
 clean:
 	rm -rf var build *.egg-info
+
+dashboards: install
+	$(BIN)/python -m observability.dashboards
+
+manifests: install
+	$(BIN)/python scripts/render_manifests.py

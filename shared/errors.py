@@ -49,6 +49,31 @@ class UnsupportedMediaType(InvalidInput):
     title = "Unsupported media type"
 
 
+class MalformedMultipart(InvalidInput):
+    code = "malformed_multipart"
+    title = "The multipart body cannot be parsed"
+
+
+class MissingImage(InvalidInput):
+    code = "missing_image"
+    title = "The multipart body has no `image` file field"
+
+
+class InvalidRequest(InvalidInput):
+    """Parameters or body fields that fail validation (FastAPI's RequestValidationError)."""
+
+    status = 422
+    code = "invalid_request"
+    title = "The request is invalid"
+
+
+class InvalidInferenceRequest(InvalidInput):
+    """An Open Inference Protocol v2 body that is not valid JSON or breaks the tensor rules."""
+
+    code = "invalid_inference_request"
+    title = "Malformed inference request"
+
+
 class PayloadTooLarge(InvalidInput):
     status = 413
     code = "payload_too_large"
@@ -79,6 +104,50 @@ class VersionNotFound(NotFound):
 class JobNotFound(NotFound):
     code = "job_not_found"
     title = "Unknown job"
+
+
+class InvalidJob(InvalidInput):
+    """A batch job that cannot run as asked: bad URIs, colliding outputs, bad chunk size."""
+
+    status = 422
+    code = "invalid_job"
+    title = "The batch job request is invalid"
+
+
+class NoImagesFound(InvalidJob):
+    code = "no_images"
+    title = "No JPEG or PNG images at the job's input"
+
+
+class JobTooLarge(InvalidJob):
+    status = 413
+    code = "job_too_large"
+    title = "The job names more images than allowed"
+
+
+class OutputInUse(InvalidJob):
+    status = 409
+    code = "output_in_use"
+    title = "Another unfinished job writes to that output"
+
+
+class JobsUnavailable(MaskfleetError):
+    """Batch jobs need Redis; without it the API still serves live requests."""
+
+    status = 503
+    code = "jobs_unavailable"
+    title = "Batch jobs are unavailable"
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+    title = "No such endpoint"
+
+
+class MethodNotAllowed(MaskfleetError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
 
 
 class ModelNotReady(MaskfleetError):

@@ -1,0 +1,315 @@
+{{/*
+Names, labels and the small pieces every template shares. Keeping them here is what lets
+a Service selector, a NetworkPolicy and an HPA target agree on the same pods.
+*/}}
+
+{{/* Chart name, overridable. */}}
+{{- define "maskfleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Prefix of every object name: the release name when it already contains the chart name
+(so release "maskfleet" gives "maskfleet-worker", not "maskfleet-maskfleet-worker").
+Truncated so that suffixes such as "-inference-canary" still fit in 63 characters.
+*/}}
+{{- define "maskfleet.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace of every object. */}}
+{{- define "maskfleet.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* chart-version label value. */}}
+{{- define "maskfleet.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "maskfleet.labels" -}}
+helm.sh/chart: {{ include "maskfleet.chart" . }}
+{{ include "maskfleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: maskfleet
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels that identify the release; never change them after install (selectors are immutable). */}}
+{{- define "maskfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "maskfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels of one component. Call with (dict "ctx" $ "component" "inference" "variant" "stable");
+variant is optional.
+*/}}
+{{- define "maskfleet.componentLabels" -}}
+{{ include "maskfleet.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .variant }}
+maskfleet.io/variant: {{ .variant }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component; same arguments as maskfleet.componentLabels. */}}
+{{- define "maskfleet.componentSelectorLabels" -}}
+{{ include "maskfleet.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .variant }}
+maskfleet.io/variant: {{ .variant }}
+{{- end }}
+{{- end -}}
+
+{{/* metadata.annotations block content shared by every object (may be empty). */}}
+{{- define "maskfleet.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Object names. */}}
+{{- define "maskfleet.inference.fullname" -}}
+{{- printf "%s-inference-%s" (include "maskfleet.fullname" .ctx) .variant -}}
+{{- end -}}
+
+{{- define "maskfleet.worker.fullname" -}}
+{{- printf "%s-worker" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
+{{- define "maskfleet.redis.fullname" -}}
+{{- printf "%s-redis" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
+{{- define "maskfleet.config.fullname" -}}
+{{- printf "%s-config" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
+{{- define "maskfleet.training.fullname" -}}
+{{- printf "%s-training" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The retraining CronJob is named after the release so that the documented command
+`kubectl create job --from=cronjob/<release>-retrain` works whatever the chart name.
+52 characters: the CronJob controller appends 11 to name its Jobs.
+*/}}
+{{- define "maskfleet.retrain.cronjobName" -}}
+{{- printf "%s-retrain" .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+ServiceAccount name of a component. Call with (dict "ctx" $ "component" "inference").
+*/}}
+{{- define "maskfleet.serviceAccountName" -}}
+{{- $sa := (index .ctx.Values .component).serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (printf "%s-%s" (include "maskfleet.fullname" .ctx) .component) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Image reference of a maskfleet component: [registry/]repository then @digest or :tag.
+Call with (dict "ctx" $ "image" .Values.inference.image).
+*/}}
+{{- define "maskfleet.image" -}}
+{{- $registry := .ctx.Values.image.registry -}}
+{{- $repository := .image.repository -}}
+{{- if $registry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (.image.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image reference of Redis. */}}
+{{- define "maskfleet.redis.image" -}}
+{{- $image := .Values.redis.image -}}
+{{- $repository := $image.repository -}}
+{{- if $image.registry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $image.registry) $repository -}}
+{{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets block of the maskfleet pods (may be empty). */}}
+{{- define "maskfleet.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* In-cluster Redis URL, or the external one when Redis is not deployed by the chart. */}}
+{{- define "maskfleet.redis.url" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s:%d/%d" (include "maskfleet.redis.fullname" .) (int .Values.redis.port) (int .Values.redis.database) -}}
+{{- else if .Values.redis.external.url -}}
+{{- .Values.redis.external.url -}}
+{{- else if not .Values.redis.external.existingSecret -}}
+{{- fail "redis.enabled is false: set redis.external.url or redis.external.existingSecret" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the Redis URL comes from a Secret (it may carry a password). */}}
+{{- define "maskfleet.redis.urlFromSecret" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where a mounted GCS key lives inside the pods. */}}
+{{- define "maskfleet.gcs.keyDir" -}}/var/run/secrets/maskfleet/gcs{{- end -}}
+
+{{/*
+Environment shared by every maskfleet container: the config ConfigMap, plus the Redis URL
+when it is secret. Values that differ per Deployment (stage, version, role) are set inline.
+*/}}
+{{- define "maskfleet.sharedEnvFrom" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "maskfleet.config.fullname" . }}
+{{- end -}}
+
+{{- define "maskfleet.redisSecretEnv" -}}
+{{- if include "maskfleet.redis.urlFromSecret" . }}
+- name: MASKFLEET_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* MASKFLEET_MODEL_STAGE and, when pinned, MASKFLEET_MODEL_VERSION. Call with the model values. */}}
+{{- define "maskfleet.modelEnv" -}}
+- name: MASKFLEET_MODEL_STAGE
+  value: {{ .stage | quote }}
+{{- if gt (int .version) 0 }}
+- name: MASKFLEET_MODEL_VERSION
+  value: {{ .version | int | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes every maskfleet pod mounts: a writable /tmp and, if set, the GCS key. */}}
+{{- define "maskfleet.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .sizeLimit }}
+{{- if .ctx.Values.gcs.keySecret.name }}
+- name: gcs-key
+  secret:
+    secretName: {{ .ctx.Values.gcs.keySecret.name }}
+    defaultMode: 0440
+    items:
+      - key: {{ .ctx.Values.gcs.keySecret.key }}
+        path: key.json
+{{- end }}
+{{- end -}}
+
+{{- define "maskfleet.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.gcs.keySecret.name }}
+- name: gcs-key
+  mountPath: {{ include "maskfleet.gcs.keyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+resources block with the GPU limit added when enabled.
+Call with (dict "resources" .resources "gpu" .gpu).
+*/}}
+{{- define "maskfleet.resources" -}}
+{{- $resources := deepCopy .resources -}}
+{{- if .gpu.enabled -}}
+{{- $limits := default (dict) $resources.limits -}}
+{{- $_ := set $limits .gpu.resourceName (int .gpu.count) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/*
+nodeSelector and tolerations of a pod, with the GPU ones merged in when enabled.
+Call with (dict "nodeSelector" ... "tolerations" ... "gpu" ...).
+*/}}
+{{- define "maskfleet.scheduling" -}}
+{{- $nodeSelector := deepCopy (default (dict) .nodeSelector) -}}
+{{- $tolerations := default (list) .tolerations -}}
+{{- if .gpu.enabled -}}
+{{- $nodeSelector = merge $nodeSelector (default (dict) .gpu.nodeSelector) -}}
+{{- $tolerations = concat $tolerations (default (list) .gpu.tolerations) -}}
+{{- end -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* httpGet/tcpSocket-free probe timings. Call with the probe values. */}}
+{{- define "maskfleet.probeTimings" -}}
+initialDelaySeconds: {{ .initialDelaySeconds }}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+successThreshold: {{ .successThreshold }}
+{{- end -}}
+
+{{/* Checksum of the configuration a pod reads, so that a config change rolls the pods. */}}
+{{- define "maskfleet.configChecksum" -}}
+{{- include (print .Template.BasePath "/configmap.yaml") . | sha256sum -}}
+{{- end -}}
+
+{{/* PodDisruptionBudget budget fields; maxUnavailable 1 when neither is set. */}}
+{{- define "maskfleet.pdbBudget" -}}
+{{- if not (eq (toString .minAvailable) "") }}
+minAvailable: {{ .minAvailable }}
+{{- else if not (eq (toString .maxUnavailable) "") }}
+maxUnavailable: {{ .maxUnavailable }}
+{{- else }}
+maxUnavailable: 1
+{{- end }}
+{{- end -}}
+
+{{/*
+podSelector content matching several components of this release.
+Call with (dict "ctx" $ "components" (list "inference" "worker")).
+*/}}
+{{- define "maskfleet.networkPolicy.componentsSelector" -}}
+matchLabels:
+  {{- include "maskfleet.selectorLabels" .ctx | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values:
+      {{- toYaml .components | nindent 6 }}
+{{- end -}}

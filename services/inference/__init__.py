@@ -1,0 +1,1 @@
+"""The inference API: live segmentation over REST (`/v1`) and Open Inference Protocol v2."""

@@ -1,0 +1,73 @@
+"""`create_app`: the composition root that builds the components and wires the routes.
+
+Components are built here and reach routes only through `deps`; nothing reads the
+environment. The lifespan starts the model holder (background load, stage polling) and the
+batcher; on shutdown, which uvicorn runs after in-flight requests have completed, the batcher
+first runs anything still queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from shared.repository import ModelRepository
+
+from .batcher import Batcher
+from .cache import ResultCache
+from .errors import install_error_handlers
+from .feedback import NoServedLog, ServedLog
+from .metrics import ApiMetrics
+from .middleware import RequestContext
+from .model_holder import Loader, ModelHolder
+from .pipeline import Segmenter
+from .routes import health, segment, v2
+from .settings import InferenceSettings
+
+
+def create_app(settings: InferenceSettings, *, repository: ModelRepository | None = None,
+               loader: Loader | None = None, cache: ResultCache | None = None) -> FastAPI:
+    """Build one API instance; `repository`, `loader` and `cache` exist for tests."""
+    metrics = ApiMetrics()
+    repository = repository or ModelRepository(settings.model_repository)
+    holder = ModelHolder(settings, repository, metrics, loader)
+    batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
+                      max_wait_ms=settings.batch_max_wait_ms)
+    cache = cache or ResultCache.from_settings(settings, metrics)
+    segmenter = Segmenter(holder, batcher, cache, max_pixels=settings.max_pixels,
+                          codec_threads=settings.codec_threads)
+    served_log: ServedLog = NoServedLog()  # issue 8 (feedback) keeps served masks here
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        segmenter.start()
+        await batcher.start()
+        await holder.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            await holder.stop()
+            segmenter.close()
+            await cache.close()
+
+    app = FastAPI(
+        title="maskfleet inference",
+        summary="Pet/background/border segmentation with a TensorFlow U-Net",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.holder = holder
+    app.state.batcher = batcher
+    app.state.cache = cache
+    app.state.segmenter = segmenter
+    app.state.served_log = served_log
+    install_error_handlers(app)
+    app.add_middleware(RequestContext, metrics=metrics)
+    app.include_router(health.router)
+    app.include_router(segment.router)
+    app.include_router(v2.router)
+    return app

@@ -1,0 +1,142 @@
+"""Redis result cache: a mask computed once is served again without touching the model.
+
+The key names everything that determines the mask: model name, version, the preprocessing
+(id and input size) and the SHA-256 of the image bytes, so a new version or a preprocessing
+change can never serve a stale mask. The cache is an optimisation, never a dependency: every
+Redis error or timeout (short socket timeouts, no client retries) is counted and the request
+carries on uncached. After an error Redis is left alone for `cache_retry_seconds`, so a dead
+Redis costs one timeout per interval rather than one per request; the next attempt reconnects
+by itself, so a restarted Redis is used again without restarting the API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from shared.imaging import PREPROCESSING_ID
+
+from .metrics import ApiMetrics
+from .settings import InferenceSettings
+
+KEY_PREFIX = "maskfleet:mask"
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(model: str, version: int, input_size: int, image_sha256: str) -> str:
+    return f"{KEY_PREFIX}:{model}:{version}:{PREPROCESSING_ID}@{input_size}:{image_sha256}"
+
+
+@dataclass(frozen=True)
+class CachedMask:
+    """What a hit must reproduce: the PNG plus the numbers the JSON answer shows."""
+
+    png: bytes
+    width: int
+    height: int
+    fractions: dict[str, float]
+
+    def to_bytes(self) -> bytes:
+        head = json.dumps({"w": self.width, "h": self.height, "f": self.fractions},
+                          separators=(",", ":"))
+        return head.encode() + b"\n" + self.png
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CachedMask:
+        head, _, png = data.partition(b"\n")
+        meta = json.loads(head)
+        if not png.startswith(b"\x89PNG"):
+            raise ValueError("cached value holds no PNG")
+        return cls(png, int(meta["w"]), int(meta["h"]),
+                   {str(k): float(v) for k, v in meta["f"].items()})
+
+
+class ResultCache:
+    def __init__(
+        self,
+        client: redis.Redis | None,  # type: ignore[type-arg]
+        metrics: ApiMetrics,
+        *,
+        ttl_seconds: int,
+        max_value_bytes: int,
+        retry_seconds: float,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._ttl = ttl_seconds
+        self._max_value_bytes = max_value_bytes
+        self._retry_seconds = retry_seconds
+        self._bypass_until = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings, metrics: ApiMetrics) -> ResultCache:
+        client = None
+        if settings.cache_enabled:
+            client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_socket_timeout_ms / 1000,
+                socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+        return cls(client, metrics, ttl_seconds=settings.cache_ttl_seconds,
+                   max_value_bytes=settings.cache_max_value_bytes,
+                   retry_seconds=settings.cache_retry_seconds)
+
+    def _usable(self) -> redis.Redis | None:  # type: ignore[type-arg]
+        if self._client is None or time.monotonic() < self._bypass_until:
+            return None
+        return self._client
+
+    def _failed(self, action: str, exc: Exception) -> None:
+        self._metrics.cache_errors.inc()
+        self._bypass_until = time.monotonic() + self._retry_seconds
+        log.warning("result cache unavailable", extra={
+            "action": action, "error": type(exc).__name__, "detail": str(exc),
+            "bypass_seconds": self._retry_seconds})
+
+    async def get(self, key: str) -> CachedMask | None:
+        """The cached mask, or None on a miss, a bypass or any Redis trouble."""
+        client = self._usable()
+        found = None
+        if client is not None:
+            try:
+                raw = await client.get(key)
+            except (RedisError, OSError) as exc:
+                self._failed("get", exc)
+            else:
+                found = _decode(raw)
+        (self._metrics.cache_hits if found else self._metrics.cache_misses).inc()
+        return found
+
+    async def put(self, key: str, mask: CachedMask) -> None:
+        client = self._usable()
+        value = mask.to_bytes()
+        if client is None or len(value) > self._max_value_bytes:
+            return
+        try:
+            await client.set(key, value, ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            self._failed("set", exc)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()  # type: ignore[attr-defined]
+
+
+def _decode(raw: bytes | None) -> CachedMask | None:
+    if raw is None:
+        return None
+    try:
+        return CachedMask.from_bytes(raw)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("ignoring an unreadable cache entry")
+        return None

@@ -1,0 +1,55 @@
+"""FastAPI dependencies: routes get the app's components through these aliases.
+
+`create_app` stores the components on `app.state`; tests swap any of them with
+`app.dependency_overrides[get_x] = ...`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .feedback import ServedLog
+from .metrics import ApiMetrics
+from .model_holder import ModelHolder
+from .pipeline import Segmenter
+from .settings import InferenceSettings
+
+
+def get_settings(request: Request) -> InferenceSettings:
+    settings: InferenceSettings = request.app.state.settings
+    return settings
+
+
+def get_holder(request: Request) -> ModelHolder:
+    holder: ModelHolder = request.app.state.holder
+    return holder
+
+
+def get_segmenter(request: Request) -> Segmenter:
+    segmenter: Segmenter = request.app.state.segmenter
+    return segmenter
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
+def get_served_log(request: Request) -> ServedLog:
+    served_log: ServedLog = request.app.state.served_log
+    return served_log
+
+
+def get_request_id(request: Request) -> str:
+    request_id: str = request.state.request_id
+    return request_id
+
+
+SettingsDep = Annotated[InferenceSettings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]

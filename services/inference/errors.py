@@ -1,0 +1,89 @@
+"""Every error leaves the API as `application/problem+json` (RFC 9457), never as a traceback.
+
+One handler renders `shared.errors.MaskfleetError`; FastAPI's validation errors, Starlette's
+404/405 and anything unexpected are first turned into one of those. Under /v2 the body also
+carries `error`, the field Open Inference Protocol clients (tritonclient) read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.errors import (
+    InvalidRequest,
+    MaskfleetError,
+    MethodNotAllowed,
+    RouteNotFound,
+)
+
+PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger(__name__)
+
+
+def problem_response(request: Request, error: MaskfleetError) -> Response:
+    """The single rendering of an error: stable `code`, human `detail`, the request id."""
+    request_id = getattr(request.state, "request_id", None)
+    body: dict[str, object] = {
+        "type": f"urn:maskfleet:error:{error.code}",
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        "request_id": request_id,
+    }
+    if request.url.path.startswith("/v2"):
+        body["error"] = error.detail
+    # 503 (loading, draining) is routine; other 5xx mean something is broken
+    level = logging.ERROR if error.status >= 500 and error.status != 503 else logging.INFO
+    log.log(level, "request failed", extra={"status": error.status, "code": error.code,
+                                            "detail": error.detail, "request_id": request_id,
+                                            "path": request.url.path})
+    return Response(json.dumps(body), status_code=error.status, media_type=PROBLEM_JSON)
+
+
+async def _maskfleet_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MaskfleetError)
+    return problem_response(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}"
+                       for e in list(exc.errors())[:5])
+    return problem_response(request, InvalidRequest(detail or None))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: MaskfleetError
+    if exc.status_code == 404:
+        error = RouteNotFound(f"no endpoint at {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    else:
+        error = MaskfleetError(str(exc.detail))
+        error.status, error.code = exc.status_code, f"http_{exc.status_code}"
+    response = problem_response(request, error)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc,
+              extra={"request_id": getattr(request.state, "request_id", None)})
+    return problem_response(request, MaskfleetError("the server failed; see its logs"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MaskfleetError, _maskfleet_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

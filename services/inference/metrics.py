@@ -1,0 +1,68 @@
+"""The API's Prometheus metrics (names as in docs/interfaces.md), one registry per app.
+
+A registry per app rather than the process-global one lets tests build several apps in one
+process, and keeps /metrics free of anything we did not define on purpose.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+HTTP_LABELS = ("route", "method", "status", "version")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+IOU_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ApiMetrics:
+    """Every metric the inference API exports; components receive this object, not globals."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "maskfleet_http_requests", "HTTP requests by route template, method, status and "
+            "model version", HTTP_LABELS, registry=r)
+        self.http_duration = Histogram(
+            "maskfleet_http_request_duration_seconds", "HTTP request latency (server side)",
+            HTTP_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.http_in_flight = Gauge(
+            "maskfleet_http_requests_in_flight", "Requests being processed (scrapes excluded)",
+            registry=r)
+        self.batch_size = Histogram(
+            "maskfleet_batch_size", "Images per model call", ["version"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.batch_queue = Histogram(
+            "maskfleet_batch_queue_seconds", "Time an image waited for its batch", ["version"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.model_inference = Histogram(
+            "maskfleet_model_inference_seconds", "Duration of one model call", ["version"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_hits = Counter("maskfleet_cache_hits", "Result cache hits", registry=r)
+        self.cache_misses = Counter(
+            "maskfleet_cache_misses", "Requests not answered from the cache (including while "
+            "Redis is bypassed after an error)", registry=r)
+        self.cache_errors = Counter(
+            "maskfleet_cache_errors", "Redis errors and timeouts of the result cache", registry=r)
+        self.model_info = Gauge(
+            "maskfleet_model_info", "1 for the model version being served",
+            ["model", "version", "stage", "role"], registry=r)
+        self.model_ready = Gauge(
+            "maskfleet_model_ready", "1 once a model version is loaded and warm",
+            ["model", "role"], registry=r)
+        self.model_load_seconds = Gauge(
+            "maskfleet_model_load_seconds", "Time to download, load and warm up a version",
+            ["model", "version"], registry=r)
+        self.model_swaps = Counter(
+            "maskfleet_model_swaps", "Hot swaps to a new version after a stage change",
+            ["model"], registry=r)
+        self.model_eval_metric = Gauge(
+            "maskfleet_model_eval_metric", "Evaluation metrics of the served version "
+            "(from its metadata.json)", ["model", "version", "metric"], registry=r)
+        self.feedback = Counter(
+            "maskfleet_feedback", "Corrected masks received", ["version"], registry=r)
+        self.feedback_iou = Histogram(
+            "maskfleet_feedback_iou", "IoU of the served mask against the corrected one",
+            ["version"], buckets=IOU_BUCKETS, registry=r)
+        self.jobs_submitted = Counter(
+            "maskfleet_jobs_submitted", "Batch jobs submitted", registry=r)

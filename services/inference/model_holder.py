@@ -1,0 +1,171 @@
+"""Which model version the API serves, and hot swaps when the followed stage moves.
+
+The holder loads a version (pinned, or the one the stage points to) off the event loop, warms
+it up, and only then publishes it. While serving it polls the stage; a new version is loaded
+and warmed beside the old one and then swapped in by replacing one reference, so requests never
+wait for a load and batches already running finish on the version they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client.metrics import MetricWrapperBase
+
+from shared.errors import MaskfleetError, ModelNotReady
+from shared.repository import ModelRepository
+from shared.segmentation import load_model
+
+from .metrics import ApiMetrics
+from .settings import InferenceSettings
+
+PINNED = "pinned"
+"""The `stage` label of a version chosen by MASKFLEET_MODEL_VERSION."""
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationModel(Protocol):
+    """What serving needs from a model: `shared.model.serving.LoadedModel` fits."""
+
+    input_size: int
+
+    def class_ids(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]: ...
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = ...) -> None: ...
+
+
+Loader = Callable[[int], SegmentationModel]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded, warm version; batches keep the instance they started with."""
+
+    model: SegmentationModel
+    name: str
+    version: int
+    stage: str
+    load_seconds: float
+    eval_metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.input_size
+
+
+class ModelHolder:
+    """Owns the served version and the background task that loads and swaps it."""
+
+    def __init__(self, settings: InferenceSettings, repository: ModelRepository,
+                 metrics: ApiMetrics, loader: Loader | None = None) -> None:
+        self._settings = settings
+        self._repository = repository
+        self._metrics = metrics
+        self._load_model = loader or self._load_from_repository
+        self._stage = PINNED if settings.model_version is not None else settings.model_stage
+        self._current: ServedModel | None = None
+        self._task: asyncio.Task[None] | None = None
+        metrics.model_ready.labels(settings.model_name, settings.role).set(0)
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def require(self) -> ServedModel:
+        """The served version, or 503 while none is loaded yet."""
+        served = self._current
+        if served is None:
+            raise ModelNotReady(f"model {self._settings.model_name!r} is still loading")
+        return served
+
+    async def start(self) -> None:
+        """Start loading in the background, so /healthz answers while a large model loads."""
+        self._task = asyncio.create_task(self._run(), name="model-holder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> bool:
+        """Resolve the version to serve and swap to it if it changed; True when swapped."""
+        version = await asyncio.to_thread(self._resolve)
+        current = self._current
+        if current is not None and current.version == version:
+            return False
+        served = await asyncio.to_thread(self._prepare, version)
+        self._publish(served)
+        return True
+
+    async def _run(self) -> None:
+        poll = self._settings.stage_poll_seconds
+        while True:
+            try:
+                await self.refresh()
+            except MaskfleetError as exc:
+                log.warning("model not loaded", extra={"error": exc.code, "detail": exc.detail})
+            except Exception:
+                log.exception("model load failed")
+            loaded = self._current is not None
+            if loaded and (self._stage == PINNED or poll == 0):
+                return
+            await asyncio.sleep(poll if loaded or poll > 0 else 5.0)
+
+    def _resolve(self) -> int:
+        settings = self._settings
+        return self._repository.resolve(settings.model_name, version=settings.model_version,
+                                        stage=settings.model_stage)
+
+    def _load_from_repository(self, version: int) -> SegmentationModel:
+        return load_model(self._repository, self._settings.model_name, version,
+                          Path(self._settings.cache_dir))
+
+    def _prepare(self, version: int) -> ServedModel:
+        """Load and warm one version (runs in a worker thread)."""
+        name = self._settings.model_name
+        started = time.perf_counter()
+        model = self._load_model(version)
+        model.warm_up((1, self._settings.batch_max_size))
+        seconds = time.perf_counter() - started
+        try:
+            eval_metrics = dict(self._repository.metadata(name, version).metrics)
+        except MaskfleetError:
+            eval_metrics = {}
+        log.info("model version loaded", extra={"model": name, "version": version,
+                                                "load_seconds": round(seconds, 3)})
+        return ServedModel(model, name, version, self._stage, seconds, eval_metrics)
+
+    def _publish(self, served: ServedModel) -> None:
+        """The swap itself: one reference assignment, then the metrics follow."""
+        old, self._current = self._current, served
+        m, role = self._metrics, self._settings.role
+        if old is not None:
+            m.model_swaps.labels(served.name).inc()
+            _remove(m.model_info, old.name, str(old.version), old.stage, role)
+            _remove(m.model_load_seconds, old.name, str(old.version))
+            for metric in old.eval_metrics:
+                _remove(m.model_eval_metric, old.name, str(old.version), metric)
+            log.info("model version swapped", extra={"model": served.name, "from_version":
+                                                     old.version, "to_version": served.version})
+        version = str(served.version)
+        m.model_info.labels(served.name, version, served.stage, role).set(1)
+        m.model_load_seconds.labels(served.name, version).set(served.load_seconds)
+        for metric, value in served.eval_metrics.items():
+            m.model_eval_metric.labels(served.name, version, metric).set(value)
+        m.model_ready.labels(served.name, role).set(1)
+
+
+def _remove(metric: MetricWrapperBase, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -1,0 +1,247 @@
+"""Open Inference Protocol v2 (KServe/Triton REST) tensors: parsing requests, building answers.
+
+Pure functions, no HTTP. Requests carry exactly one input tensor:
+- `UINT8 [N, H, W, 3]`: raw RGB pixels; masks come back at `H x W`;
+- `BYTES [N]` (or `[N, 1]`): encoded JPEG/PNG images; in JSON each element is a base64 string
+  (JSON strings cannot hold arbitrary bytes), with the binary extension the raw bytes.
+Outputs: `mask` (`UINT8 [N, H, W]`, trimap values 1/2/3; needs images of one size) and/or
+`mask_png` (`BYTES [N]`, one PNG per image, any sizes); `mask` when none is named.
+
+Triton's binary tensor data extension is supported both ways (an `Inference-Header-Content-
+Length` header splits the JSON header from the raw tensors), because standard clients such as
+`tritonclient.http` use it by default, and because it keeps pixels and masks out of JSON lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidInferenceRequest, PayloadTooLarge, TooManyPixels
+from shared.imaging import Mask, encode_png
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MASK = "mask"
+MASK_PNG = "mask_png"
+OUTPUTS = (MASK, MASK_PNG)
+UINT8 = "UINT8"
+BYTES = "BYTES"
+
+
+class TensorInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class TensorOutput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[TensorInput] = Field(min_length=1, max_length=1)
+    outputs: list[TensorOutput] | None = None
+
+
+@dataclass(frozen=True)
+class InferInput:
+    """A validated request: either `pixels` or `encoded` is set."""
+
+    id: str | None
+    pixels: npt.NDArray[np.uint8] | None
+    encoded: list[bytes] | None
+    outputs: dict[str, bool]
+    """Requested output name -> send it as binary data."""
+
+
+def parse_request(body: bytes, header_length: str | None, *, max_images: int,
+                  max_pixels: int) -> InferInput:
+    """Body bytes (JSON, or JSON + binary tensors) -> validated input; 400/413 otherwise."""
+    head, binary = _split(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(head)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise InvalidInferenceRequest(f"not a valid inference request: {problems}") from None
+    tensor = request.inputs[0]
+    raw = _binary_slice(tensor, binary)
+    count = tensor.shape[0] if tensor.shape else 0
+    if not 1 <= count <= max_images:
+        limit = f"between 1 and {max_images}"
+        error = PayloadTooLarge if count > max_images else InvalidInferenceRequest
+        raise error(f"a request carries {limit} images; shape {tensor.shape} has {count}")
+    if tensor.datatype == UINT8:
+        pixels, encoded = _pixels(tensor, raw, max_pixels), None
+    elif tensor.datatype == BYTES:
+        pixels, encoded = None, _encoded(tensor, raw)
+    else:
+        raise InvalidInferenceRequest(
+            f"input datatype {tensor.datatype!r} is not accepted: send UINT8 [N,H,W,3] pixels "
+            f"or BYTES [N] encoded images")
+    return InferInput(request.id, pixels, encoded, _outputs(request))
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        raise InvalidInferenceRequest(
+            f"{HEADER_LENGTH} must be a length within the body ({len(body)} bytes)")
+    n = int(header_length)
+    return body[:n], body[n:]
+
+
+def _binary_slice(tensor: TensorInput, binary: bytes) -> bytes | None:
+    size = tensor.parameters.get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InvalidInferenceRequest("binary data follows the JSON header but no input "
+                                          "declares parameters.binary_data_size")
+        return None
+    if not isinstance(size, int) or size != len(binary):
+        raise InvalidInferenceRequest(
+            f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header")
+    return binary
+
+
+def _pixels(tensor: TensorInput, raw: bytes | None, max_pixels: int) -> npt.NDArray[np.uint8]:
+    shape = tensor.shape
+    if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
+        raise InvalidInferenceRequest(f"UINT8 input must have shape [N, H, W, 3]; got {shape}")
+    if shape[1] * shape[2] > max_pixels:
+        raise TooManyPixels(f"{shape[2]}x{shape[1]} is more than the {max_pixels} pixels allowed")
+    expected = int(np.prod(shape))
+    if raw is not None:
+        flat = np.frombuffer(raw, dtype=np.uint8)
+    elif tensor.data is not None:
+        flat = _uint8_from_json(tensor.data)
+    else:
+        raise InvalidInferenceRequest("the input has neither `data` nor binary data")
+    if flat.size != expected:
+        raise InvalidInferenceRequest(f"shape {shape} needs {expected} values; got {flat.size}")
+    return flat.reshape(shape)
+
+
+def _uint8_from_json(data: list[Any]) -> npt.NDArray[np.uint8]:
+    try:
+        values = np.asarray(data)
+    except ValueError:
+        raise InvalidInferenceRequest("`data` is a ragged nested list") from None
+    if values.size and (values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255):
+        raise InvalidInferenceRequest("UINT8 `data` must hold integers from 0 to 255")
+    return values.astype(np.uint8).ravel()
+
+
+def _encoded(tensor: TensorInput, raw: bytes | None) -> list[bytes]:
+    shape = tensor.shape
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidInferenceRequest(f"BYTES input must have shape [N] or [N, 1]; got {shape}")
+    if raw is not None:
+        items = _deserialize_bytes(raw)
+    elif tensor.data is not None:
+        items = [_b64(item) for item in _flatten(tensor.data)]
+    else:
+        raise InvalidInferenceRequest("the input has neither `data` nor binary data")
+    if len(items) != shape[0]:
+        raise InvalidInferenceRequest(f"shape {shape} needs {shape[0]} images; got {len(items)}")
+    return items
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    return [x for item in data for x in (_flatten(item) if isinstance(item, list) else [item])]
+
+
+def _b64(item: object) -> bytes:
+    if not isinstance(item, str):
+        raise InvalidInferenceRequest("BYTES elements in JSON must be base64 strings")
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInferenceRequest("a BYTES element is not valid base64") from None
+
+
+def _deserialize_bytes(raw: bytes) -> list[bytes]:
+    """Triton's BYTES layout: each element is a little-endian uint32 length, then the bytes."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInferenceRequest("truncated BYTES tensor (length prefix)")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInferenceRequest("truncated BYTES tensor (element)")
+        items.append(raw[offset:offset + length])
+        offset += length
+    return items
+
+
+def _serialize_bytes(items: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def _outputs(request: InferenceRequest) -> dict[str, bool]:
+    default_binary = request.parameters.get("binary_data_output") is True
+    if not request.outputs:
+        return {MASK: default_binary}
+    chosen: dict[str, bool] = {}
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise InvalidInferenceRequest(
+                f"unknown output {output.name!r}; available: {', '.join(OUTPUTS)}")
+        chosen[output.name] = output.parameters.get("binary_data", default_binary) is True
+    return chosen
+
+
+def build_response(*, model: str, version: int, request_id: str, masks: Sequence[Mask],
+                   outputs: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """The answer body and extra headers (the header length when binary outputs follow)."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, binary in outputs.items():
+        if name == MASK:
+            if len({m.shape for m in masks}) > 1:
+                raise InvalidInferenceRequest(
+                    "the images differ in size, so their masks do not fit one UINT8 tensor: "
+                    f"request the `{MASK_PNG}` output instead")
+            stacked = np.stack(masks)
+            tensor: dict[str, Any] = {"name": MASK, "datatype": UINT8,
+                                      "shape": list(stacked.shape)}
+            payload = stacked.tobytes()
+            json_data: list[Any] = stacked.ravel().tolist() if not binary else []
+        else:
+            pngs = [encode_png(m) for m in masks]
+            tensor = {"name": MASK_PNG, "datatype": BYTES, "shape": [len(pngs)]}
+            payload = _serialize_bytes(pngs)
+            json_data = [base64.b64encode(p).decode() for p in pngs] if not binary else []
+        if binary:
+            tensor["parameters"] = {"binary_data_size": len(payload)}
+            chunks.append(payload)
+        else:
+            tensor["data"] = json_data
+        tensors.append(tensor)
+    head = json.dumps({"model_name": model, "model_version": str(version), "id": request_id,
+                       "outputs": tensors}, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {}
+    return head + b"".join(chunks), {HEADER_LENGTH: str(len(head))}

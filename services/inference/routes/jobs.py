@@ -1,0 +1,66 @@
+"""`/v1/jobs`: submit, read and cancel offline batch jobs run by the Celery workers.
+
+The routes only translate HTTP; the job logic is `services.worker.jobs.service.JobService`,
+which `create_app` puts on `app.state.jobs` (tests override `get_jobs`). Handlers are plain
+`def`: listing a bucket and talking to Redis block, so they run in the thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from services.worker.jobs.records import JobRequest, JobStatus
+from services.worker.jobs.service import JobService
+from shared.errors import JobsUnavailable
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+def get_jobs(request: Request) -> JobService:
+    jobs: JobService | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise JobsUnavailable("this API instance was started without batch jobs")
+    return jobs
+
+
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a batch job: segment every image under a prefix (or in a list)",
+    responses={
+        202: {"description": "Queued; poll the URL in the Location header"},
+        **{status: {"description": title, **_PROBLEM} for status, title in (
+            (404, "Unknown model version or stage"), (409, "Output in use by another job"),
+            (413, "Too many images"), (422, "Bad URIs, no images, colliding outputs"),
+            (503, "Job store or queue unreachable"))},
+    },
+)
+def submit_job(body: JobRequest, jobs: JobsDep, response: Response) -> JobStatus:
+    status = jobs.submit(body)
+    response.headers["Location"] = f"/v1/jobs/{status.job_id}"
+    return status
+
+
+@router.get(
+    "/{job_id}",
+    summary="A job's state, progress, first per-item errors and manifest URI",
+    responses={404: {"description": "Unknown (or expired) job", **_PROBLEM}},
+)
+def get_job(job_id: str, jobs: JobsDep) -> JobStatus:
+    return jobs.status(job_id)
+
+
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job: chunks that have not started are skipped",
+    responses={404: {"description": "Unknown (or expired) job", **_PROBLEM}},
+)
+def cancel_job(job_id: str, jobs: JobsDep) -> JobStatus:
+    return jobs.cancel(job_id)

@@ -1,0 +1,79 @@
+"""`POST /v1/segment`: an image in, its trimap mask out (PNG by default, or JSON)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from ..body import IMAGE_FIELD, read_image
+from ..deps import RequestIdDep, SegmenterDep, ServedLogDep, SettingsDep
+from ..errors import PROBLEM_JSON
+from ..feedback import ServedMask
+from ..pipeline import MaskAnswer
+from ..schemas import SegmentAnswer
+
+router = APIRouter(tags=["segment"])
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "image/jpeg": _BINARY,
+    "image/png": _BINARY,
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": [IMAGE_FIELD],
+        "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}}}},
+}}}
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
+
+
+@router.post(
+    "/v1/segment",
+    summary="Segment one image into a pet/background/border trimap",
+    response_class=Response,
+    openapi_extra=_REQUEST_BODY,
+    responses={
+        200: {"description": "The mask as PNG (values 1 pet, 2 background, 3 border) at the "
+                             "input's resolution, or JSON with `format=json`",
+              "content": {"image/png": {}, "application/json": {
+                  "schema": SegmentAnswer.model_json_schema()}}},
+        **{status: {"description": title, **_PROBLEM} for status, title in (
+            (400, "Empty body, malformed multipart"), (413, "Too many bytes or pixels"),
+            (415, "Not JPEG/PNG"), (422, "Undecodable image"), (503, "Model not loaded"))},
+    },
+)
+async def segment(
+    request: Request,
+    segmenter: SegmenterDep,
+    settings: SettingsDep,
+    served_log: ServedLogDep,
+    request_id: RequestIdDep,
+    format: Annotated[Literal["png", "json"] | None, Query(
+        description="`json` for metadata and a base64 mask; default PNG unless the Accept "
+                    "header asks for application/json")] = None,
+) -> Response:
+    image = await read_image(request, settings.max_body_bytes)
+    answer = await segmenter.segment(image)
+    await served_log.remember(ServedMask(
+        request_id, answer.model, answer.version, image, answer.image_sha256,
+        answer.mask.png, answer.cached))
+    headers = {"X-Model-Version": str(answer.version),
+               "X-Cache": "hit" if answer.cached else "miss"}
+    if _wants_json(format, request.headers.get("accept", "")):
+        body = _as_json(answer, request_id).model_dump_json()
+        return Response(body, media_type="application/json", headers=headers)
+    return Response(answer.mask.png, media_type="image/png", headers=headers)
+
+
+def _wants_json(format: str | None, accept: str) -> bool:
+    if format is not None:
+        return format == "json"
+    return "application/json" in accept and "image/png" not in accept
+
+
+def _as_json(answer: MaskAnswer, request_id: str) -> SegmentAnswer:
+    mask = answer.mask
+    return SegmentAnswer(
+        model=answer.model, version=answer.version, width=mask.width, height=mask.height,
+        class_fractions=mask.fractions, mask_png=base64.b64encode(mask.png).decode(),
+        cached=answer.cached, request_id=request_id)

@@ -1,0 +1,206 @@
+"""One chunk of a job: read its images, segment them in model batches, write masks + manifest.
+
+Running a chunk twice is harmless: masks and the chunk manifest are rewritten with identical
+bytes (same images, same pinned version, same pipeline) and the job's counts only move the
+first time the chunk is recorded. Image reads for the next batch overlap the model call on
+the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from services.worker.jobs import manifest
+from services.worker.jobs.inputs import mask_uri
+from services.worker.jobs.manifest import ErrorEntry, ManifestLine
+from services.worker.jobs.records import ItemError, JobPlan, JobState
+from services.worker.jobs.store import JobStore
+from services.worker.metrics import WorkerMetrics
+from shared.errors import JobNotFound, MaskfleetError, ObjectNotFound, PayloadTooLarge
+from shared.imaging import DEFAULT_MAX_PIXELS
+from shared.model.serving import LoadedModel
+from shared.segmentation import Segmentation, segment_many
+from shared.storage import Storage, storage_for
+
+log = logging.getLogger(__name__)
+
+Status = Literal["succeeded", "skipped", "cancelled"]
+ModelProvider = Callable[[str, int], LoadedModel]
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    job_id: str
+    chunk: int
+    status: Status
+    images: int = 0
+    failed: int = 0
+    attempt: int = 0
+    job_state: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class InternalItemError(MaskfleetError):
+    code = "internal_error"
+    title = "The image could not be segmented"
+
+
+@dataclass
+class ChunkRunner:
+    """Runs chunks against one job store; built once per worker process."""
+
+    store: JobStore
+    models: ModelProvider
+    batch_size: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = 32 * 1024 * 1024
+    io_threads: int = 8
+    worker: str = "local"
+    metrics: WorkerMetrics | None = None
+    storage: Callable[[str], Storage] = storage_for
+
+    def run(self, job_id: str, index: int) -> ChunkOutcome:
+        started = time.perf_counter()
+        try:
+            plan = self.store.plan(job_id)
+        except JobNotFound:
+            return self._skipped(job_id, index, "skipped", None)
+        if not 0 <= index < plan.chunks:
+            raise ValueError(f"job {job_id} has no chunk {index}")
+        state = self.store.state(job_id)
+        if state is None or state.finished:
+            return self._skipped(job_id, index, "skipped", state)
+        if self.store.chunk_recorded(job_id, index):
+            # Redelivered after it was recorded: only make sure the job got finished.
+            self._finish_if_complete(plan, self.store.chunks_done(job_id))
+            return self._skipped(job_id, index, "skipped", self.store.state(job_id))
+        attempt = self.store.start_chunk(job_id, index, self.worker)
+        log.info("chunk started", extra={"job_id": job_id, "chunk": index, "attempt": attempt})
+        lines = self._segment_chunk(plan, index)
+        if lines is None:
+            return self._skipped(job_id, index, "cancelled", self.store.state(job_id))
+        manifest.write_chunk_manifest(plan, index, lines, self.storage)
+        errors = [ItemError(input=x.input, code=x.error.code, detail=x.error.detail)
+                  for x in lines if x.error]
+        done = self.store.complete_chunk(job_id, index, len(lines), errors)
+        if done.counted:
+            self._observe(lines, len(errors), started)
+        self._finish_if_complete(plan, done.chunks_done)
+        final = self.store.state(job_id)
+        log.info("chunk done", extra={"job_id": job_id, "chunk": index, "images": len(lines),
+                                      "failed": len(errors), "counted": done.counted})
+        return ChunkOutcome(job_id, index, "succeeded", len(lines), len(errors), attempt,
+                            final.value if final else "")
+
+    def _segment_chunk(self, plan: JobPlan, index: int) -> list[ManifestLine] | None:
+        """Manifest lines of the chunk, or None when the job was cancelled on the way."""
+        inputs = self.store.chunk_inputs(plan, index)
+        model = self.models(plan.model.name, plan.model.version)
+        batches = [inputs[i:i + self.batch_size] for i in range(0, len(inputs), self.batch_size)]
+        lines: list[ManifestLine] = []
+        with ThreadPoolExecutor(self.io_threads, thread_name_prefix="chunk-io") as pool:
+            pending = [pool.submit(self._read, uri) for uri in batches[0]] if batches else []
+            for position, batch in enumerate(batches):
+                blobs = [f.result() for f in pending]
+                following = batches[position + 1] if position + 1 < len(batches) else []
+                pending = [pool.submit(self._read, uri) for uri in following]
+                if self.store.state(plan.id) is not JobState.RUNNING:
+                    for future in pending:
+                        future.cancel()
+                    return None
+                lines.extend(self._segment_batch(plan, model, batch, blobs, pool))
+        return lines
+
+    def _read(self, uri: str) -> bytes | MaskfleetError:
+        """An image's bytes, or the per-item error; other storage errors retry the chunk."""
+        try:
+            data = self.storage(uri).read(uri)
+        except ObjectNotFound as exc:
+            return exc
+        if len(data) > self.max_image_bytes:
+            return PayloadTooLarge(f"{len(data)} bytes is more than the {self.max_image_bytes} "
+                                   "allowed per image")
+        return data
+
+    def _segment_batch(self, plan: JobPlan, model: LoadedModel, batch: Sequence[str],
+                       blobs: Sequence[bytes | MaskfleetError],
+                       pool: ThreadPoolExecutor) -> list[ManifestLine]:
+        readable = [b for b in blobs if isinstance(b, bytes)]
+        if readable and self.metrics:
+            self.metrics.batch_size.observe(len(readable))
+        segmented = iter(self._segment_many(model, readable))
+        results = [next(segmented) if isinstance(b, bytes) else b for b in blobs]
+        writes: list[Future[None]] = []
+        lines = []
+        for uri, result in zip(batch, results, strict=True):
+            line = ManifestLine(input=uri, output=None, model=plan.model.name,
+                                model_version=plan.model.version)
+            if isinstance(result, Segmentation):
+                line.output = mask_uri(uri, plan.output, plan.base)
+                line.width, line.height = result.width, result.height
+                line.class_fractions = result.fractions
+                writes.append(pool.submit(self._write_mask, line.output, result))
+            else:
+                line.error = ErrorEntry(code=result.code, detail=result.detail)
+            lines.append(line)
+        for write in writes:
+            write.result()
+        return lines
+
+    def _segment_many(self, model: LoadedModel,
+                      blobs: list[bytes]) -> list[Segmentation | MaskfleetError]:
+        """The shared pipeline; if it breaks on a batch, one image at a time finds the culprit."""
+        try:
+            return segment_many(model, blobs, self.max_pixels)
+        except Exception:
+            log.exception("batch failed; segmenting its images one by one")
+        results: list[Segmentation | MaskfleetError] = []
+        for blob in blobs:
+            try:
+                results.extend(segment_many(model, [blob], self.max_pixels))
+            except Exception as exc:
+                results.append(InternalItemError(f"{type(exc).__name__}: {exc}"))
+        return results
+
+    def _write_mask(self, uri: str, result: Segmentation) -> None:
+        self.storage(uri).write(uri, result.png, "image/png")
+
+    def _finish_if_complete(self, plan: JobPlan, chunks_done: int) -> None:
+        if chunks_done != plan.chunks:
+            return
+        state = self.store.state(plan.id)
+        if state is None or state.finished:
+            return
+        try:
+            uri = manifest.assemble(plan, self.storage)
+        except MaskfleetError as exc:
+            if exc.status >= 500:
+                raise
+            self.store.fail(plan.id, exc.detail)
+            log.error("job failed", extra={"job_id": plan.id, "error": exc.detail})
+            return
+        if self.store.succeed(plan.id, uri):
+            log.info("job succeeded", extra={"job_id": plan.id, "manifest": uri})
+
+    def _observe(self, lines: list[ManifestLine], failed: int, started: float) -> None:
+        if not self.metrics:
+            return
+        self.metrics.chunks.labels("succeeded").inc()
+        self.metrics.images.labels("ok").inc(len(lines) - failed)
+        self.metrics.images.labels("error").inc(failed)
+        self.metrics.chunk_duration.observe(time.perf_counter() - started)
+
+    def _skipped(self, job_id: str, index: int, status: Status,
+                 state: JobState | None) -> ChunkOutcome:
+        if self.metrics:
+            self.metrics.chunks.labels("skipped").inc()
+        log.info("chunk skipped", extra={"job_id": job_id, "chunk": index,
+                                         "state": state.value if state else None})
+        return ChunkOutcome(job_id, index, status, job_state=state.value if state else "")

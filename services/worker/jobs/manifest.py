@@ -1,0 +1,84 @@
+"""Chunk manifests and the job manifest (JSON lines, one per input).
+
+Lines are serialised from a fixed model in a fixed order, so a redelivered chunk rewrites
+byte-identical manifests. The job manifest is the chunk manifests concatenated in chunk order,
+so every input appears exactly once, in the job's input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from pydantic import BaseModel
+
+from services.worker.jobs.records import JobPlan
+from shared.errors import InvalidJob, ObjectNotFound
+from shared.storage import Storage, join, storage_for
+
+MANIFEST = "manifest.jsonl"
+CHUNK_FOLDER = "_manifests"
+PLAN_FILE = "job.json"
+
+
+class ErrorEntry(BaseModel):
+    code: str
+    detail: str
+
+
+class ManifestLine(BaseModel):
+    input: str
+    output: str | None
+    """The mask URI; None when the image could not be segmented."""
+    model: str
+    model_version: int
+    width: int | None = None
+    height: int | None = None
+    class_fractions: dict[str, float] | None = None
+    error: ErrorEntry | None = None
+
+
+def chunk_manifest_uri(output: str, index: int) -> str:
+    return join(output, CHUNK_FOLDER, f"chunk-{index}.jsonl")
+
+
+def job_manifest_uri(output: str) -> str:
+    return join(output, MANIFEST)
+
+
+def plan_uri(output: str) -> str:
+    return join(output, CHUNK_FOLDER, PLAN_FILE)
+
+
+def encode(lines: Iterable[ManifestLine]) -> bytes:
+    return b"".join(line.model_dump_json().encode() + b"\n" for line in lines)
+
+
+def decode(data: bytes) -> list[ManifestLine]:
+    return [ManifestLine.model_validate_json(raw) for raw in data.splitlines() if raw.strip()]
+
+
+def write_chunk_manifest(plan: JobPlan, index: int, lines: list[ManifestLine],
+                         storage: Callable[[str], Storage] = storage_for) -> str:
+    uri = chunk_manifest_uri(plan.output, index)
+    storage(uri).write(uri, encode(lines), "application/jsonl")
+    return uri
+
+
+def assemble(plan: JobPlan, storage: Callable[[str], Storage] = storage_for) -> str:
+    """Concatenate every chunk manifest into the job manifest; refuse a short or missing one."""
+    parts = []
+    for index in range(plan.chunks):
+        uri = chunk_manifest_uri(plan.output, index)
+        start, stop = plan.chunk_bounds(index)
+        try:
+            data = storage(uri).read(uri)
+        except ObjectNotFound as exc:
+            raise InvalidJob(f"chunk manifest {uri} is missing") from exc
+        found = sum(1 for raw in data.splitlines() if raw.strip())
+        if found != stop - start:
+            raise InvalidJob(f"chunk manifest {uri} has {found} lines, expected {stop - start}"
+                             " (was the output overwritten by another job?)")
+        parts.append(data)
+    target = job_manifest_uri(plan.output)
+    storage(target).write(target, b"".join(parts), "application/jsonl")
+    return target

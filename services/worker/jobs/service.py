@@ -1,0 +1,154 @@
+"""Submitting, reading and cancelling jobs: what the API's /v1/jobs routes call.
+
+Submission pins the model version (a stage is resolved once, here), so every chunk of a job
+uses one version even if the stage moves while it runs. Everything is checked before the job
+is recorded, so a refused job leaves nothing behind but an error with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import redis
+
+from services.worker.jobs import manifest
+from services.worker.jobs.inputs import chunk_count, resolve_inputs
+from services.worker.jobs.limits import JobLimits
+from services.worker.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
+from services.worker.jobs.store import JobStore, redis_client
+from shared.errors import InvalidJob, JobNotFound, JobsUnavailable, StorageError
+from shared.repository import ModelRepository
+from shared.settings import ServiceSettings, Stage
+from shared.storage import Storage, storage_for
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, Sequence[int]], None]
+"""Queues chunk tasks: (job id, chunk numbers)."""
+
+_JOB_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def valid_job_id(job_id: str) -> bool:
+    return len(job_id) == 32 and set(job_id) <= _JOB_ID_CHARS
+
+
+@contextmanager
+def redis_guard() -> Iterator[None]:
+    """Redis down means no batch jobs (503), not a stack trace."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise JobsUnavailable(f"the job store is unreachable: {exc}") from exc
+
+
+class JobService:
+    def __init__(
+        self, store: JobStore, repository: ModelRepository, enqueue: Enqueue, *,
+        model_name: str, model_version: int | None = None, model_stage: Stage = "production",
+        limits: JobLimits | None = None, allow_local: bool = False,
+        on_submitted: Callable[[], None] | None = None,
+        storage: Callable[[str], Storage] = storage_for,
+    ) -> None:
+        self.store = store
+        self.repository = repository
+        self.enqueue = enqueue
+        self.model_name = model_name
+        self.model_version = model_version
+        self.model_stage = model_stage
+        self.limits = limits or JobLimits()
+        self.allow_local = allow_local
+        self.on_submitted = on_submitted
+        self.storage = storage
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings, *, limits: JobLimits | None = None,
+                      on_submitted: Callable[[], None] | None = None) -> JobService:
+        """The API's wiring: same Redis, model repository and default model as it serves.
+
+        Local paths are accepted as job URIs only outside production (the embedded mode).
+        """
+        from services.worker.broker import CeleryEnqueuer
+
+        limits = limits or JobLimits()
+        store = JobStore(redis_client(settings.redis_url), max_errors=limits.max_errors,
+                         ttl_seconds=limits.ttl_seconds)
+        return cls(
+            store, ModelRepository(settings.model_repository),
+            CeleryEnqueuer.for_url(settings.redis_url), model_name=settings.model_name,
+            model_version=settings.model_version, model_stage=settings.model_stage,
+            limits=limits, allow_local=settings.environment != "production",
+            on_submitted=on_submitted,
+        )
+
+    def submit(self, request: JobRequest) -> JobStatus:
+        chunk_size = request.chunk_size or self.limits.default_chunk_size
+        if chunk_size > self.limits.max_chunk_size:
+            raise InvalidJob(f"chunk_size {chunk_size} is above the maximum "
+                             f"{self.limits.max_chunk_size}")
+        model = self._pin_model(request)
+        output = request.output.rstrip("/") or request.output
+        inputs = resolve_inputs(request.input, output, allow_local=self.allow_local,
+                                max_images=self.limits.max_images, storage=self.storage)
+        plan = JobPlan(
+            id=uuid.uuid4().hex, input=inputs.summary, output=output, base=inputs.base,
+            model=model, chunk_size=chunk_size,
+            chunks=chunk_count(len(inputs.uris), chunk_size), images=len(inputs.uris),
+        )
+        with redis_guard():
+            self.store.create(plan, inputs.uris)
+        try:
+            self._write_plan(plan)
+        except InvalidJob as exc:
+            with redis_guard():
+                self.store.fail(plan.id, exc.detail)
+            raise
+        try:
+            self.enqueue(plan.id, range(plan.chunks))
+        except Exception as exc:
+            with redis_guard():
+                self.store.fail(plan.id, f"could not queue its chunks: {exc}")
+            raise JobsUnavailable(f"the job queue is unreachable: {exc}") from exc
+        if self.on_submitted:
+            self.on_submitted()
+        log.info("job submitted", extra={"job_id": plan.id, "images": plan.images,
+                                         "chunks": plan.chunks, "version": model.version})
+        return self.status(plan.id)
+
+    def status(self, job_id: str) -> JobStatus:
+        if not valid_job_id(job_id):
+            raise JobNotFound(f"no job {job_id}")
+        with redis_guard():
+            return self.store.status(job_id)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel an unfinished job (idempotent: a finished job is returned unchanged)."""
+        if not valid_job_id(job_id):
+            raise JobNotFound(f"no job {job_id}")
+        with redis_guard():
+            self.store.status(job_id)
+            if self.store.cancel(job_id):
+                log.info("job cancelled", extra={"job_id": job_id})
+            return self.store.status(job_id)
+
+    def _pin_model(self, request: JobRequest) -> ModelRef:
+        version = request.model_version
+        stage = request.model_stage
+        if version is None and stage is None:
+            version, stage = self.model_version, self.model_stage
+        resolved = self.repository.resolve(self.model_name, version=version,
+                                           stage=stage or self.model_stage)
+        return ModelRef(name=self.model_name, version=resolved,
+                        stage=None if version is not None else stage)
+
+    def _write_plan(self, plan: JobPlan) -> None:
+        """Record the plan beside the outputs; this also proves the output is writable."""
+        uri = manifest.plan_uri(plan.output)
+        try:
+            self.storage(uri).write(uri, plan.model_dump_json(indent=2).encode(),
+                                    "application/json")
+        except (StorageError, OSError) as exc:
+            raise InvalidJob(f"cannot write to output {plan.output}: {exc}") from exc

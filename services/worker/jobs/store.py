@@ -1,0 +1,221 @@
+"""Job state in Redis, shared by the API (submit, status, cancel) and every worker.
+
+Keys, all under `maskfleet:job:<id>`:
+- the hash itself: `plan` (JSON), `state`, `done`, `failed`, `error`, `manifest`, timestamps;
+- `:inputs` list (the job's images in order; chunk n is a slice of it);
+- `:chunks` set of completed chunk numbers: counts only move when a number is added to it, in
+  the same Lua call, so a redelivered chunk never counts twice;
+- `:errors` list (first `max_errors` per-item errors), `:attempts` / `:workers` hashes.
+`maskfleet:jobs:active` holds unfinished job ids (for metrics); `maskfleet:output:<uri>`
+locks an output prefix to one unfinished job. Finished jobs expire after `ttl_seconds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+from services.worker.jobs.records import (
+    ChunkTotals,
+    ItemError,
+    JobPlan,
+    JobState,
+    JobStatus,
+    Totals,
+    now,
+)
+from shared.errors import JobNotFound, OutputInUse
+
+PREFIX = "maskfleet:job:"
+ACTIVE = "maskfleet:jobs:active"
+OUTPUT_LOCK = "maskfleet:output:"
+_PUSH_BATCH = 1000
+
+# KEYS: job, chunks, errors. ARGV: chunk, processed, failed, now, max_errors, error JSON...
+_COMPLETE_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, -1} end
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if added == 1 then
+  redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
+  local room = tonumber(ARGV[5]) - redis.call('LLEN', KEYS[3])
+  for i = 6, math.min(#ARGV, 5 + room) do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+end
+return {added, redis.call('SCARD', KEYS[2])}
+"""
+
+# KEYS: job, active, then every key of the job. ARGV: to, now, error, manifest, ttl, job id,
+# then the states it may move from. Returns the previous state, or false if not allowed.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local allowed = false
+for i = 7, #ARGV do if ARGV[i] == state then allowed = true end end
+if not allowed then return false end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'manifest', ARGV[4]) end
+if tonumber(ARGV[5]) > 0 then
+  redis.call('SREM', KEYS[2], ARGV[6])
+  local lock = redis.call('HGET', KEYS[1], 'lock')
+  if lock and redis.call('GET', lock) == ARGV[6] then redis.call('DEL', lock) end
+  for i = 3, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+end
+return state
+"""
+
+
+@dataclass(frozen=True)
+class ChunkCompletion:
+    counted: bool
+    """False when the chunk had already been counted (a redelivery)."""
+    chunks_done: int
+    """Completed chunks after this one; -1 when the job no longer exists."""
+
+
+def key(job_id: str, part: str = "") -> str:
+    return f"{PREFIX}{job_id}{':' + part if part else ''}"
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis[str], *, max_errors: int = 100,
+                 ttl_seconds: int = 7 * 24 * 3600) -> None:
+        self.redis = client
+        self.max_errors = max_errors
+        self.ttl_seconds = ttl_seconds
+        self._complete = client.register_script(_COMPLETE_CHUNK)
+        self._transition = client.register_script(_TRANSITION)
+
+    @staticmethod
+    def _keys(job_id: str) -> list[str]:
+        return [key(job_id)] + [key(job_id, p) for p in
+                                ("inputs", "chunks", "errors", "attempts", "workers")]
+
+    def create(self, plan: JobPlan, inputs: Sequence[str]) -> None:
+        """Record a queued job; refuse an output prefix another unfinished job writes to."""
+        lock = OUTPUT_LOCK + plan.output.rstrip("/")
+        if not self.redis.set(lock, plan.id, nx=True):
+            holder = self.redis.get(lock)
+            if holder and self.redis.sismember(ACTIVE, holder):
+                raise OutputInUse(f"output {plan.output} is being written by unfinished job "
+                                 f"{holder}; cancel it or choose another output")
+            self.redis.set(lock, plan.id)
+        stamp = plan.created_at.isoformat()
+        pipe = self.redis.pipeline(transaction=True)
+        for start in range(0, len(inputs), _PUSH_BATCH):
+            pipe.rpush(key(plan.id, "inputs"), *inputs[start:start + _PUSH_BATCH])
+        pipe.hset(key(plan.id), mapping={
+            "plan": plan.model_dump_json(), "state": JobState.QUEUED.value, "done": 0,
+            "failed": 0, "images": plan.images, "lock": lock, "created_at": stamp,
+            "updated_at": stamp,
+        })
+        pipe.sadd(ACTIVE, plan.id)
+        pipe.execute()
+
+    def plan(self, job_id: str) -> JobPlan:
+        raw = self.redis.hget(key(job_id), "plan")
+        if raw is None:
+            raise JobNotFound(f"no job {job_id}")
+        return JobPlan.model_validate_json(raw)
+
+    def state(self, job_id: str) -> JobState | None:
+        raw = self.redis.hget(key(job_id), "state")
+        return JobState(raw) if raw else None
+
+    def status(self, job_id: str) -> JobStatus:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(key(job_id))
+        pipe.scard(key(job_id, "chunks"))
+        pipe.lrange(key(job_id, "errors"), 0, -1)
+        fields, chunks_done, errors = pipe.execute()
+        if not fields:
+            raise JobNotFound(f"no job {job_id}")
+        plan = JobPlan.model_validate_json(fields["plan"])
+        return JobStatus(
+            job_id=plan.id, state=JobState(fields["state"]), input=plan.input,
+            output=plan.output, model=plan.model, chunk_size=plan.chunk_size,
+            chunks=ChunkTotals(total=plan.chunks, done=chunks_done),
+            totals=Totals(images=plan.images, done=int(fields["done"]),
+                          failed=int(fields["failed"])),
+            errors=[ItemError.model_validate_json(e) for e in errors],
+            manifest=fields.get("manifest") or None, error=fields.get("error") or None,
+            created_at=datetime.fromisoformat(fields["created_at"]),
+            updated_at=datetime.fromisoformat(fields["updated_at"]),
+        )
+
+    def chunk_inputs(self, plan: JobPlan, index: int) -> list[str]:
+        start, stop = plan.chunk_bounds(index)
+        return list(self.redis.lrange(key(plan.id, "inputs"), start, stop - 1))
+
+    def start_chunk(self, job_id: str, index: int, worker: str) -> int:
+        """Note who runs the chunk and move a queued job to running; returns the attempt."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key(job_id, "attempts"), str(index), 1)
+        pipe.hset(key(job_id, "workers"), str(index), worker)
+        attempt = int(pipe.execute()[0])
+        self._move(job_id, JobState.RUNNING, from_states=(JobState.QUEUED,))
+        return attempt
+
+    def complete_chunk(self, job_id: str, index: int, processed: int,
+                       errors: Iterable[ItemError]) -> ChunkCompletion:
+        listed = [e.model_dump_json() for e in errors]
+        counted, done = self._complete(
+            keys=[key(job_id), key(job_id, "chunks"), key(job_id, "errors")],
+            args=[index, processed, len(listed), now().isoformat(), self.max_errors, *listed],
+        )
+        return ChunkCompletion(counted=bool(counted), chunks_done=int(done))
+
+    def chunk_recorded(self, job_id: str, index: int) -> bool:
+        return bool(self.redis.sismember(key(job_id, "chunks"), str(index)))
+
+    def chunks_done(self, job_id: str) -> int:
+        return int(self.redis.scard(key(job_id, "chunks")))
+
+    def chunk_attempts(self, job_id: str) -> dict[int, tuple[int, str]]:
+        """Chunk -> (attempts, last worker): how often each chunk was started, and where."""
+        attempts = self.redis.hgetall(key(job_id, "attempts"))
+        workers = self.redis.hgetall(key(job_id, "workers"))
+        return {int(c): (int(n), workers.get(c, "")) for c, n in attempts.items()}
+
+    def succeed(self, job_id: str, manifest: str) -> bool:
+        return self._move(job_id, JobState.SUCCEEDED, manifest=manifest)
+
+    def fail(self, job_id: str, error: str) -> bool:
+        return self._move(job_id, JobState.FAILED, error=error)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel an unfinished job; chunks that have not started will skip themselves."""
+        return self._move(job_id, JobState.CANCELLED)
+
+    def _move(self, job_id: str, to: JobState, *, error: str = "", manifest: str = "",
+              from_states: Sequence[JobState] = (JobState.QUEUED, JobState.RUNNING)) -> bool:
+        ttl = self.ttl_seconds if to.finished else 0
+        previous = self._transition(
+            keys=[key(job_id), ACTIVE, *self._keys(job_id)],
+            args=[to.value, now().isoformat(), error, manifest, ttl, job_id,
+                  *(s.value for s in from_states)],
+        )
+        return previous is not None
+
+    def active(self, limit: int = 200) -> list[tuple[str, int, int, int]]:
+        """(job id, images, done, failed) of unfinished jobs, for the metrics endpoint."""
+        ids = sorted(self.redis.smembers(ACTIVE))[:limit]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(key(job_id), "images", "done", "failed")
+        found = []
+        for job_id, (images, done, failed) in zip(ids, pipe.execute(), strict=True):
+            if images is not None:
+                found.append((job_id, int(images), int(done or 0), int(failed or 0)))
+        return found
+
+
+def redis_client(url: str, *, timeout_seconds: float = 5.0) -> redis.Redis[str]:
+    """Job state needs strings back, and a dead Redis must fail a call, not hang it."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_seconds,
+                                socket_connect_timeout=timeout_seconds,
+                                health_check_interval=30)

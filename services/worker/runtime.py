@@ -1,0 +1,95 @@
+"""What a worker process holds: job store, loaded models, metrics and the chunk runner.
+
+Built lazily in the process that runs tasks (after a prefork fork, never before it: neither
+TensorFlow nor a Redis connection survives a fork), from the settings of the entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from services.worker.broker import QUEUE
+from services.worker.jobs.chunk import ChunkOutcome, ChunkRunner
+from services.worker.jobs.store import JobStore, redis_client
+from services.worker.metrics import WorkerMetrics
+from services.worker.models import ModelCache
+from services.worker.settings import WorkerSettings
+from shared.errors import MaskfleetError
+from shared.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def store(self) -> JobStore:
+        limits = self.settings.job_limits()
+        return JobStore(redis_client(self.settings.redis_url), max_errors=limits.max_errors,
+                        ttl_seconds=limits.ttl_seconds)
+
+    @cached_property
+    def repository(self) -> ModelRepository:
+        return ModelRepository(self.settings.model_repository)
+
+    @cached_property
+    def models(self) -> ModelCache:
+        return ModelCache(self.repository, Path(self.settings.cache_dir))
+
+    @cached_property
+    def metrics(self) -> WorkerMetrics:
+        metrics = WorkerMetrics().with_process_metrics()
+        metrics.watch(self.store, QUEUE)
+        return metrics
+
+    @cached_property
+    def runner(self) -> ChunkRunner:
+        s = self.settings
+        return ChunkRunner(
+            self.store, self.models, batch_size=s.model_batch_size, max_pixels=s.max_pixels,
+            max_image_bytes=s.max_image_bytes, io_threads=s.io_threads,
+            worker=f"{socket.gethostname()}:{os.getpid()}", metrics=self.metrics,
+        )
+
+    def warm_up(self) -> None:
+        """Load the default version before the first chunk; jobs may still pin others."""
+        s = self.settings
+        try:
+            version = self.repository.resolve(s.model_name, version=s.model_version,
+                                              stage=s.model_stage)
+            self.models(s.model_name, version)
+        except MaskfleetError as exc:
+            log.warning("no model to warm up; loading on the first chunk instead",
+                        extra={"error": exc.detail})
+
+    def serve_metrics(self) -> None:
+        port = self.settings.worker_metrics_port
+        if not port:
+            return
+        try:
+            start_http_server(port, registry=self.metrics.registry)
+        except OSError as exc:
+            log.warning("metrics port is taken; run one worker process per pod (--pool=solo)",
+                        extra={"port": port, "error": str(exc)})
+            return
+        log.info("metrics served", extra={"port": port})
+
+    def run_chunk(self, job_id: str, index: int) -> ChunkOutcome:
+        try:
+            return self.runner.run(job_id, index)
+        except Exception:
+            self.metrics.chunks.labels("failed").inc()
+            raise
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """A chunk gave up (retries exhausted or a non-retryable error): the job failed."""
+        if self.store.fail(job_id, reason):
+            log.error("job failed", extra={"job_id": job_id, "error": reason})

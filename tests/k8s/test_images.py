@@ -1,0 +1,181 @@
+"""Structure of docker/Dockerfile (no Docker engine here, so nothing is built): multi-stage,
+each final image is python:3.11-slim plus a venv built with its own extra, runs as a
+non-root user, and carries neither build tools nor the dev extra. Also the CI workflows."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.k8s.conftest import REPO
+
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+FINAL = {"inference": "api", "worker": "worker", "training": "train"}
+COMMANDS = {
+    "inference": ["python", "-m", "services.inference"],
+    "worker": ["celery", "-A", "services.worker.app", "worker", "--pool=solo",
+               "--concurrency=1", "-Q", "maskfleet"],
+    "training": ["python", "-m", "training", "--config", "/etc/maskfleet/training.yaml"],
+}
+BUILD_TOOLS = ("build-essential", "gcc", "g++", "make", "git", "curl", "wget")
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of a Dockerfile; continuation lines are joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        if op == "FROM":
+            parts = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else str(len(stages))
+            stages.append(Stage(name, base))
+        elif op == "ARG" and not stages:
+            key, _, default = rest.partition("=")
+            args[key] = default
+        elif stages:
+            stages[-1].instructions.append((op, rest))
+    return args, stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    return {s.name: s for s in parse(DOCKERFILE)[1]}
+
+
+def chain(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and its ancestors, nearest first."""
+    found = [stages[name]]
+    while found[-1].base in stages:
+        found.append(stages[found[-1].base])
+    return found
+
+
+def instructions(stages: dict[str, Stage], name: str, op: str) -> list[str]:
+    return [rest for s in reversed(chain(stages, name)) for o, rest in s.instructions if o == op]
+
+
+def test_dockerfile_is_multi_stage(stages: dict[str, Stage]) -> None:
+    assert len(stages) >= 4
+    assert set(FINAL) <= set(stages)
+
+
+@pytest.mark.parametrize("target", list(FINAL))
+def test_final_image_is_slim_python_with_only_the_venv(stages: dict[str, Stage],
+                                                       target: str) -> None:
+    lineage = chain(stages, target)
+    assert lineage[-1].base.startswith("python:3.11-slim")
+    copies = instructions(stages, target, "COPY")
+    assert copies, "the venv is copied from a builder stage"
+    for copy in copies:
+        assert copy.startswith("--from="), f"{target} copies build context: {copy}"
+        source = copy.split()[0].removeprefix("--from=")
+        builder = chain(stages, source)
+        assert builder[-1].base.startswith("python:3.11-slim"), "same interpreter path"
+        installs = " ".join(instructions(stages, source, "RUN"))
+        assert f'".[{FINAL[target]}]"' in installs or f".[{FINAL[target]}]" in installs
+    for run in instructions(stages, target, "RUN"):
+        assert "pip install" not in run
+        assert not [tool for tool in BUILD_TOOLS if re.search(rf"\b{re.escape(tool)}\b", run)]
+
+
+@pytest.mark.parametrize("target", list(FINAL))
+def test_final_image_runs_as_a_non_root_user(stages: dict[str, Stage], target: str) -> None:
+    users = instructions(stages, target, "USER")
+    assert users, f"{target} never sets USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit(), "numeric uid so that runAsNonRoot can verify it"
+    assert int(uid) == 10001
+
+
+@pytest.mark.parametrize("target", list(FINAL))
+def test_final_image_runs_the_contract_command(stages: dict[str, Stage], target: str) -> None:
+    def exec_form(op: str) -> list[str]:
+        found = instructions(stages, target, op)
+        return list(yaml.safe_load(found[-1])) if found else []
+
+    assert exec_form("ENTRYPOINT") + exec_form("CMD") == COMMANDS[target]
+
+
+def test_no_dev_extra_or_test_files_in_any_image() -> None:
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"\[[^\]]*\bdev\b[^\]]*\]", text), "the dev extra stays out"
+    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "**", "the build context is an allow-list"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "shared", "services", "training"}
+    assert "**/tests" in ignore
+
+
+def test_inference_and_worker_share_their_layers(stages: dict[str, Stage]) -> None:
+    inference, worker = chain(stages, "inference"), chain(stages, "worker")
+    assert inference[1].name == worker[1].name, "one runtime base stage"
+    source = {t: instructions(stages, t, "COPY")[0].split()[0] for t in ("inference", "worker")}
+    builders = {t: chain(stages, s.removeprefix("--from="))[1].name for t, s in source.items()}
+    assert builders["inference"] == builders["worker"], "one builder stage with the sources"
+
+
+def test_run_commands_parse(stages: dict[str, Stage]) -> None:
+    for stage in stages.values():
+        for op, rest in stage.instructions:
+            if op == "RUN":
+                shlex.split(rest)
+
+
+# ---------------------------------------------------------------- workflows
+
+def workflow(name: str) -> dict[Any, Any]:
+    data: dict[Any, Any] = yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+    return data
+
+
+def triggers(wf: dict[Any, Any]) -> set[str]:
+    """YAML 1.1 reads the `on:` key as the boolean True."""
+    return set(wf.get("on", wf.get(True, {})))
+
+
+def steps(wf: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [s for job in wf["jobs"].values() for s in job["steps"]]
+
+
+def test_ci_runs_make_test() -> None:
+    wf = workflow("ci.yml")
+    assert {"push", "pull_request"} <= triggers(wf)
+    runs = [s["run"] for s in steps(wf) if "run" in s]
+    assert any(re.search(r"^make test\b", r, flags=re.MULTILINE) for r in runs)
+    python = next(s for s in steps(wf) if s.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "3.11"
+
+
+def test_images_workflow_builds_and_pushes_the_three_targets() -> None:
+    wf = workflow("images.yml")
+    (job,) = wf["jobs"].values()
+    assert set(job["strategy"]["matrix"]["target"]) == set(FINAL)
+    build = next(s for s in job["steps"]
+                 if s.get("uses", "").startswith("docker/build-push-action"))
+    assert build["with"]["file"] == "docker/Dockerfile"
+    assert build["with"]["target"] == "${{ matrix.target }}"
+    assert "push" in build["with"]
+    assert wf["permissions"]["packages"] == "write"
+    meta = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/metadata"))
+    assert meta["with"]["images"].endswith("maskfleet-${{ matrix.target }}")

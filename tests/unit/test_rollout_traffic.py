@@ -1,0 +1,107 @@
+"""The patches a decision sends, checked against the chart's own objects and the official schemas.
+
+The HTTPRoute and the nginx canary Ingress come from rendering charts/maskfleet, so a change of
+the chart that the rollout no longer understands fails here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.rollout.errors import TrafficError
+from services.rollout.traffic import NGINX_WEIGHT, drain_httproute, drain_ingress
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "maskfleet"
+HTTPROUTE_SCHEMA = REPO.parent / "shared" / "schemas" / "crds" / \
+    "gateway.networking.k8s.io_httproute_v1.json"
+STABLE, CANARY = "maskfleet-inference-stable", "maskfleet-inference-canary"
+
+
+def rendered(template: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    manifests = helm.Chart.load(CHART).render(values, name="maskfleet", namespace="ml")
+    doc = yaml.safe_load(manifests[f"maskfleet/templates/{template}"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def strict(schema: Any) -> Any:
+    """The CRD schema with unknown fields refused, so a misspelt field cannot pass."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies application/merge-patch+json."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def weights(route: dict[str, Any]) -> list[dict[str, int]]:
+    return [{ref["name"]: ref.get("weight", 1) for ref in rule["backendRefs"]}
+            for rule in route["spec"]["rules"]]
+
+
+def test_drained_httproute_sends_everything_to_stable_and_keeps_the_forcing_rules() -> None:
+    route = rendered("httproute.yaml", {"abTest": {"canaryWeight": 25}})
+    route["metadata"]["resourceVersion"] = "4711"
+    patch, summary = drain_httproute(route, STABLE, CANARY)
+
+    patched = merge_patch(route, patch)
+    schema = strict(json.loads(HTTPROUTE_SCHEMA.read_text()))
+    jsonschema.Draft7Validator(schema).validate(patched)
+    before, after = weights(route), weights(patched)
+    assert before[-1] == {STABLE: 75, CANARY: 25}
+    assert after[-1] == {STABLE: 100, CANARY: 0}
+    assert after[:-1] == before[:-1], "rules that force one side must stay as they were"
+    assert patch["metadata"] == {"resourceVersion": "4711"}
+    assert summary == (f"rules[4] {STABLE} weight 75 -> 100; rules[4] {CANARY} weight 25 -> 0")
+
+
+def test_a_route_without_a_stable_canary_split_is_refused() -> None:
+    route = rendered("httproute.yaml", {"inference": {"canary": {"enabled": False}}})
+    with pytest.raises(TrafficError, match="no rule splitting traffic"):
+        drain_httproute(route, STABLE, CANARY)
+
+
+def test_draining_twice_changes_nothing_the_second_time() -> None:
+    route = rendered("httproute.yaml")
+    once = merge_patch(route, drain_httproute(route, STABLE, CANARY)[0])
+    patch, summary = drain_httproute(once, STABLE, CANARY)
+    assert merge_patch(once, patch) == once
+    assert summary == "canary weight already 0"
+
+
+def test_nginx_canary_ingress_patch_touches_only_the_weight_and_stays_valid() -> None:
+    ingress = rendered("ingress-nginx-canary.yaml", {"ingress": {"nginxCanary": {"enabled": True}}})
+    patch, summary = drain_ingress(ingress["metadata"]["annotations"])
+
+    patched = merge_patch(copy.deepcopy(ingress), patch)
+    kubernetes_validate.validate(patched, "1.30.0", strict=True)
+    annotations = patched["metadata"]["annotations"]
+    assert annotations[NGINX_WEIGHT] == "0"
+    assert annotations["nginx.ingress.kubernetes.io/canary"] == "true"
+    assert {k: v for k, v in annotations.items() if k != NGINX_WEIGHT} == {
+        k: v for k, v in ingress["metadata"]["annotations"].items() if k != NGINX_WEIGHT}
+    assert summary == f"{NGINX_WEIGHT} 10 -> 0"
