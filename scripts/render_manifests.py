@@ -58,14 +58,18 @@ HEADER = (
 Manifest = dict[str, Any]
 
 
-def render_objects(
+# libyaml when available: parsing the rendered chart is most of a render's cost.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def render_sources(
     values: Mapping[str, Any] | None = None,
     *,
     chart: Path = CHART,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
-) -> list[Manifest]:
-    """Render the chart and return its Kubernetes objects in template order.
+) -> dict[str, list[Manifest]]:
+    """Render the chart: {template path: the objects it produced}, templates in name order.
 
     Helm validates `values` against values.schema.json first, so bad values raise
     helm_python.HelmValuesError here exactly as they would fail `helm install`.
@@ -77,11 +81,23 @@ def render_objects(
             namespace=namespace,
             is_install=True,
         )
-    objects: list[Manifest] = []
-    for source in sorted(rendered):
-        if source.endswith((".yaml", ".yml")):
-            objects.extend(doc for doc in yaml.safe_load_all(rendered[source]) if doc)
-    return objects
+    return {
+        source: [doc for doc in yaml.load_all(rendered[source], Loader=_Loader) if doc]
+        for source in sorted(rendered)
+        if source.endswith((".yaml", ".yml"))
+    }
+
+
+def render_objects(
+    values: Mapping[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> list[Manifest]:
+    """The chart's Kubernetes objects in template order (see render_sources)."""
+    sources = render_sources(values, chart=chart, release=release, namespace=namespace)
+    return [obj for objects in sources.values() for obj in objects]
 
 
 class _BlockDumper(yaml.SafeDumper):

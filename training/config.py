@@ -74,11 +74,22 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """`cosine` decays to 5% of the rate at the last step."""
 
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Loss weight of pet, background and border pixels; the thin border band gains from > 1."""
+
     checkpoint_every: int = Field(default=100, gt=0)
     """Steps between checkpoints uploaded to the checkpoint URI."""
 
     log_every: int = Field(default=25, gt=0)
     seed: int = 0
+
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(w <= 0 for w in value):
+            raise ValueError("every class weight must be > 0")
+        return value
 
 
 class CheckpointConfig(_Section):

@@ -124,7 +124,7 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, turn: float, n: int = 7
 def _pet_shapes(rng: np.random.Generator, kind: str, size: tuple[int, int]) -> list[Points]:
     """Polygons whose union is the pet, centred somewhere in the frame (sometimes cut off)."""
     width, height = size
-    radius = rng.uniform(0.17, 0.36) * min(width, height)
+    radius = rng.uniform(0.2, 0.38) * min(width, height)
     cx = rng.uniform(0.2, 0.8) * width
     cy = rng.uniform(0.2, 0.8) * height
     turn = rng.uniform(0, 2 * math.pi)
@@ -167,8 +167,8 @@ def _coat(rng: np.random.Generator, size: tuple[int, int], inside: npt.NDArray[n
     """Fur: a base colour with fine noise, a pattern (stripes, spots or patches) and shading."""
     xs, ys = _coords(size)
     coat = np.broadcast_to(_color(rng), (size[1], size[0], 3)).copy()
-    fur = _smooth_noise(rng, size, rng.uniform(1.5, 3.0), channels=1)
-    coat += fur * rng.uniform(14, 26)
+    fur = _smooth_noise(rng, size, rng.uniform(3.5, 6.0), channels=1)
+    coat += fur * rng.uniform(22, 34)
     pattern = rng.choice(["stripes", "spots", "patches", "plain"], p=[0.3, 0.25, 0.25, 0.2])
     second = _color(rng)
     if pattern == "stripes":
@@ -239,7 +239,7 @@ def render(seed: int, index: int) -> Sample:
     size = (width, height)
 
     canvas = Image.fromarray(np.clip(_background(rng, size), 0, 255).astype(np.uint8), "RGB")
-    _clutter(rng, ImageDraw.Draw(canvas), size, int(rng.integers(3, 11)))
+    _clutter(rng, ImageDraw.Draw(canvas), size, int(rng.integers(2, 8)))
 
     shapes = _pet_shapes(rng, kind, size)
     silhouette = Image.new("L", size, 0)
@@ -272,7 +272,7 @@ def render(seed: int, index: int) -> Sample:
     jpeg = io.BytesIO()
     image.save(jpeg, format="JPEG", quality=int(rng.integers(60, 95)))
 
-    band = max(2, round(rng.uniform(0.012, 0.018) * min(width, height)))
+    band = max(2, round(rng.uniform(0.02, 0.026) * min(width, height)))
     pet = np.asarray(visible) > 127
     grown = _dilate(pet, band)
     shrunk = ~_dilate(~pet, band)

@@ -122,12 +122,13 @@ def build_trainee(config: TrainingConfig) -> Trainee:
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    class_weights = tf.constant(config.train.class_weights, tf.float32)
 
     @tf.function
     def train_step(images: tf.Tensor, class_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = loss_fn(class_ids, logits)
+            loss = loss_fn(class_ids, logits, sample_weight=tf.gather(class_weights, class_ids))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         step.assign_add(1)

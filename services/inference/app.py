@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as redis
 from fastapi import FastAPI
 
+from services.worker.jobs.service import JobService
 from shared.repository import ModelRepository
 
 from .batcher import Batcher
@@ -23,19 +25,24 @@ from .metrics import ApiMetrics
 from .middleware import RequestContext
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
-from .routes import health, segment, v2
+from .routes import health, jobs, segment, v2
 from .settings import InferenceSettings
 
 
-def create_app(settings: InferenceSettings, *, repository: ModelRepository | None = None,
-               loader: Loader | None = None, cache: ResultCache | None = None) -> FastAPI:
-    """Build one API instance; `repository`, `loader` and `cache` exist for tests."""
+def create_app(
+    settings: InferenceSettings,
+    *,
+    repository: ModelRepository | None = None,
+    loader: Loader | None = None,
+    redis_client: redis.Redis | None = None,  # type: ignore[type-arg]
+) -> FastAPI:
+    """Build one API instance; `repository`, `loader` and `redis_client` exist for tests."""
     metrics = ApiMetrics()
     repository = repository or ModelRepository(settings.model_repository)
     holder = ModelHolder(settings, repository, metrics, loader)
     batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
                       max_wait_ms=settings.batch_max_wait_ms)
-    cache = cache or ResultCache.from_settings(settings, metrics)
+    cache = ResultCache.from_settings(settings, metrics, redis_client)
     segmenter = Segmenter(holder, batcher, cache, max_pixels=settings.max_pixels,
                           codec_threads=settings.codec_threads)
     served_log: ServedLog = NoServedLog()  # issue 8 (feedback) keeps served masks here
@@ -65,9 +72,11 @@ def create_app(settings: InferenceSettings, *, repository: ModelRepository | Non
     app.state.cache = cache
     app.state.segmenter = segmenter
     app.state.served_log = served_log
+    app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
     install_error_handlers(app)
     app.add_middleware(RequestContext, metrics=metrics)
     app.include_router(health.router)
     app.include_router(segment.router)
     app.include_router(v2.router)
+    app.include_router(jobs.router)
     return app

@@ -77,9 +77,12 @@ class ResultCache:
         self._bypass_until = 0.0
 
     @classmethod
-    def from_settings(cls, settings: InferenceSettings, metrics: ApiMetrics) -> ResultCache:
-        client = None
-        if settings.cache_enabled:
+    def from_settings(cls, settings: InferenceSettings, metrics: ApiMetrics,
+                      client: redis.Redis | None = None) -> ResultCache:  # type: ignore[type-arg]
+        """A cache on `settings.redis_url` (or on `client`), or a disabled one."""
+        if not settings.cache_enabled:
+            client = None
+        elif client is None:
             client = redis.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=settings.redis_socket_timeout_ms / 1000,

@@ -109,65 +109,69 @@ def labels(**items: object) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in items.items()) + "}"
 
 
+class OpenMetrics:
+    """Metric families of timestamped samples, written family by family, each series in order."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
+        self.series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+
+    def ramp(self, family: str, kind: str, sample: str, per_window: float, s: Scenario) -> None:
+        """A counter growing from 0 by `per_window` every 30 minutes of the scenario."""
+        self.kinds[family] = kind
+        self.series.setdefault(family, {}).setdefault(sample, []).extend(
+            (t, per_window * (t - s.start) / 1800) for t in range(s.start, s.end + 1, STEP))
+
+    def histogram(self, family: str, lbls: dict[str, object], per_bucket: dict[float, float],
+                  bounds: tuple[float, ...], total_sum: float, s: Scenario) -> None:
+        """`per_bucket`: observations per 30 minutes in each bucket (by upper bound)."""
+        cumulative = 0.0
+        for le in bounds:
+            cumulative += per_bucket.get(le, 0.0)
+            self.ramp(family, "histogram", f"{family}_bucket" + labels(**lbls, le=le),
+                      cumulative, s)
+        total = sum(per_bucket.values())
+        self.ramp(family, "histogram", f"{family}_bucket" + labels(**lbls, le="+Inf"), total, s)
+        self.ramp(family, "histogram", f"{family}_count" + labels(**lbls), total, s)
+        self.ramp(family, "histogram", f"{family}_sum" + labels(**lbls), total_sum, s)
+
+    def text(self) -> str:
+        lines = []
+        for family, series in self.series.items():
+            lines.append(f"# TYPE {family} {self.kinds[family]}")
+            for sample, points in series.items():
+                lines += [f"{sample} {value:.6f} {t}" for t, value in sorted(points)]
+        return "\n".join(lines) + "\n# EOF\n"
+
+
 def openmetrics(scenarios: list[Scenario]) -> str:
-    """Counters growing linearly from 0 over each scenario's hour, sampled every 15 s."""
-    families: dict[str, tuple[str, dict[str, list[tuple[int, float]]]]] = {}
-
-    def add(family: str, kind: str, series: str, per_window: float, s: Scenario) -> None:
-        points = families.setdefault(family, (kind, {}))[1].setdefault(series, [])
-        points += [(t, per_window * (t - s.start) / 1800) for t in
-                   range(s.start, s.end + 1, STEP)]
-
+    """What the API's /metrics would have shown for each side, sampled every 15 s."""
+    om = OpenMetrics()
     for s in scenarios:
         for side in (s.stable, s.canary):
             v = side.version
             by_status = {"200": side.ok, "500": side.server_errors, "422": side.client_errors}
             for status, count in by_status.items():
                 http = {"route": "/v1/segment", "method": "POST", "status": status, "version": v}
-                add("maskfleet_http_requests", "counter",
-                    "maskfleet_http_requests_total" + labels(**http), count, s)
-                shares = side.latency if status == "200" else {0.005: 1.0}
-                cumulative = 0.0
-                for le in LATENCY_LE:
-                    cumulative += shares.get(le, 0.0)
-                    add("maskfleet_http_request_duration_seconds", "histogram",
-                        "maskfleet_http_request_duration_seconds_bucket"
-                        + labels(**http, le=le), count * min(cumulative, 1.0), s)
-                add("maskfleet_http_request_duration_seconds", "histogram",
-                    "maskfleet_http_request_duration_seconds_bucket"
-                    + labels(**http, le="+Inf"), count, s)
-                mean_latency = sum(le * share for le, share in shares.items()) * 0.8
-                add("maskfleet_http_request_duration_seconds", "histogram",
-                    "maskfleet_http_request_duration_seconds_count" + labels(**http), count, s)
-                add("maskfleet_http_request_duration_seconds", "histogram",
-                    "maskfleet_http_request_duration_seconds_sum" + labels(**http),
-                    count * mean_latency, s)
+                om.ramp("maskfleet_http_requests", "counter",
+                        "maskfleet_http_requests_total" + labels(**http), count, s)
+                shares = side.latency if status == "200" else {0.005: 1.0}  # errors fail fast
+                om.histogram("maskfleet_http_request_duration_seconds", http,
+                             {le: count * share for le, share in shares.items()}, LATENCY_LE,
+                             count * sum(le * share for le, share in shares.items()), s)
             probes = {"route": "/healthz", "method": "GET", "status": "200", "version": v}
-            add("maskfleet_http_requests", "counter",
-                "maskfleet_http_requests_total" + labels(**probes), 3600, s)
-            total = sum(side.iou.values())
-            cumulative_n = 0
-            for le in (*IOU_LE, "+Inf"):
-                cumulative_n += side.iou.get(le, 0) if isinstance(le, float) else 0
-                add("maskfleet_feedback_iou", "histogram",
-                    "maskfleet_feedback_iou_bucket" + labels(version=v, le=le), cumulative_n, s)
-            iou_sum = sum(n * (le - 0.05) for le, n in side.iou.items())
-            add("maskfleet_feedback_iou", "histogram",
-                "maskfleet_feedback_iou_count" + labels(version=v), total, s)
-            add("maskfleet_feedback_iou", "histogram",
-                "maskfleet_feedback_iou_sum" + labels(version=v), iou_sum, s)
+            om.ramp("maskfleet_http_requests", "counter",
+                    "maskfleet_http_requests_total" + labels(**probes), 3600, s)
+            om.histogram("maskfleet_feedback_iou", {"version": v},
+                         {le: float(n) for le, n in side.iou.items()}, IOU_LE,
+                         sum(n * (le - 0.05) for le, n in side.iou.items()), s)
             stage = "production" if side.role == "stable" else "candidate"
-            info = "maskfleet_model_info" + labels(model="unet", version=v, stage=stage,
-                                                   role=side.role)
-            points = families.setdefault("maskfleet_model_info", ("gauge", {}))[1]
-            points.setdefault(info, []).extend(
+            info = {"model": "unet", "version": v, "stage": stage, "role": side.role}
+            om.kinds["maskfleet_model_info"] = "gauge"
+            om.series.setdefault("maskfleet_model_info", {}).setdefault(
+                "maskfleet_model_info" + labels(**info), []).extend(
                 (t, 1.0) for t in range(s.start, s.end + 1, STEP))
-    lines = []
-    for family, (kind, series) in families.items():
-        lines.append(f"# TYPE {family} {kind}")
-        for name, points in series.items():
-            lines += [f"{name} {value:.6f} {t}" for t, value in sorted(points)]
-    return "\n".join(lines) + "\n# EOF\n"
+    return om.text()
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +226,8 @@ def test_clear_loss_is_rolled_back_on_every_count(prometheus: str) -> None:
     assert verdicts == {"serving": "pass", "errors": "fail", "latency": "fail",
                         "feedback_iou": "fail"}
     latency = next(c for c in decision.checks if c.name == "latency")
-    assert latency.numbers["ratio"] == pytest.approx((0.5 + 0.75 * 0.5) / (0.1 + 0.15 / 0.17 * 0.15))
+    slow_p95, fast_p95 = 0.5 + 0.15 / 0.20 * 0.5, 0.1 + 0.15 / 0.17 * 0.15
+    assert latency.numbers["ratio"] == pytest.approx(slow_p95 / fast_p95)
 
 
 def test_too_little_data_waits(prometheus: str) -> None:
@@ -285,7 +290,7 @@ class FakeKubernetes:
                body: bytes) -> tuple[int, dict[str, Any]]:
         url = urlsplit(target)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        record = {"method": method, "path": url.path, "query": query,
+        record: dict[str, Any] = {"method": method, "path": url.path, "query": query,
                   "content_type": headers.get("content-type"),
                   "body": json.loads(body) if body else None}
         with self.lock:
@@ -303,10 +308,11 @@ class FakeKubernetes:
                 return 415, status(415, "UnsupportedMediaType", str(record["content_type"]))
             if query.get("fieldManager") != "maskfleet-rollout":
                 self.problems.append(f"PATCH {url.path} without fieldManager")
-            wanted = (record["body"].get("metadata") or {}).get("resourceVersion")
+            patch: dict[str, Any] = record["body"] or {}
+            wanted = (patch.get("metadata") or {}).get("resourceVersion")
             if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
                 return 409, status(409, "Conflict", "the object has been modified")
-            patched = merge_patch(current, record["body"])
+            patched = merge_patch(current, patch)
             errors = schema_errors(patched)
             if errors:
                 self.problems += errors
@@ -336,11 +342,11 @@ def handler_for(fake: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_PATCH = do_PUT = do_POST = do_DELETE = _serve
-
         def log_message(self, *args: Any) -> None:
             pass
 
+    for verb in ("GET", "PATCH", "PUT", "POST", "DELETE"):
+        setattr(Handler, f"do_{verb}", Handler._serve)
     return Handler
 
 

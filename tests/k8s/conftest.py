@@ -26,6 +26,7 @@ CRD_SCHEMAS = SHARED / "schemas" / "crds"
 KUBE_VERSIONS = ("1.29", "1.33")
 
 Render = Callable[..., list[Manifest]]
+RenderSources = Callable[..., dict[str, list[Manifest]]]
 
 
 def _load_render_script() -> ModuleType:
@@ -45,22 +46,34 @@ def render_script() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def render(render_script: ModuleType) -> Render:
-    """render(values, release=..., chart=...) -> objects; cached, rendering is deterministic."""
-    memo: dict[str, list[Manifest]] = {}
+def render_sources(render_script: ModuleType) -> RenderSources:
+    """render_sources(values, release=..., chart=...) -> {template: objects}; cached, since
+    rendering is deterministic (callers get a copy they may change)."""
+    memo: dict[str, dict[str, list[Manifest]]] = {}
 
     def _render(
         values: dict[str, Any] | None = None,
         *,
         release: str = "maskfleet",
         chart: Path = CHART,
-    ) -> list[Manifest]:
+    ) -> dict[str, list[Manifest]]:
         key = json.dumps([values, release, str(chart)], sort_keys=True)
         if key not in memo:
-            memo[key] = render_script.render_objects(
+            memo[key] = render_script.render_sources(
                 values, chart=chart, release=release, namespace="maskfleet"
             )
         return copy.deepcopy(memo[key])
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def render(render_sources: RenderSources) -> Render:
+    """render(values, release=..., chart=...) -> the rendered objects, in template order."""
+
+    def _render(values: dict[str, Any] | None = None, **options: Any) -> list[Manifest]:
+        sources = render_sources(values, **options)
+        return [obj for objects in sources.values() for obj in objects]
 
     return _render
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 
 from tests.k8s.cases import VALUE_SETS, Manifest
 from tests.k8s.conftest import CHART, KUBE_VERSIONS
@@ -55,9 +54,9 @@ def test_every_custom_resource_matches_its_crd(rendered: list[Manifest],
 
 
 def test_custom_resources_are_rendered_and_checked(render: Any, crd_validator: Any) -> None:
-    """The CRD check above must not pass vacuously: HTTPRoute and ServiceMonitor are there."""
+    """The CRD check above must not pass vacuously: the three custom resources are there."""
     kinds = {o["kind"] for o in render(VALUE_SETS["metrics-on"]) if crd_validator(o)}
-    assert {"HTTPRoute", "ServiceMonitor"} <= kinds
+    assert {"HTTPRoute", "ServiceMonitor", "PrometheusRule"} <= kinds
 
 
 def test_validators_reject_misspelled_fields(defaults: list[Manifest], kube_errors: Any,
@@ -72,12 +71,9 @@ def test_validators_reject_misspelled_fields(defaults: list[Manifest], kube_erro
     assert list(crd_validator(route).iter_errors(route))
 
 
-def test_each_template_renders_one_kind() -> None:
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_each_template_renders_one_kind(render_sources: Any, name: str) -> None:
     """bitnami style: one object kind per template file, whatever the values."""
-    with helm.Chart.load(CHART) as chart:
-        for values in VALUE_SETS.values():
-            rendered = chart.render(values, name="maskfleet", namespace="maskfleet")
-            for source, text in rendered.items():
-                if source.endswith(".yaml"):
-                    kinds = {d["kind"] for d in yaml.safe_load_all(text) if d}
-                    assert len(kinds) <= 1, f"{source} renders {kinds}"
+    for source, objects in render_sources(VALUE_SETS[name]).items():
+        kinds = {o["kind"] for o in objects}
+        assert len(kinds) <= 1, f"{source} renders {kinds}"

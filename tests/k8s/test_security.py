@@ -74,15 +74,24 @@ def test_rbac_is_least_privilege(rendered: list[Manifest]) -> None:
     assert not by_kind(rendered, "ClusterRoleBinding")
     for sa in by_kind(rendered, "ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False
-    pod_accounts = {pod["spec"]["serviceAccountName"] for _, pod in workloads(rendered)}
+    serving = {pod["spec"]["serviceAccountName"] for owner, pod in workloads(rendered)
+               if owner["metadata"]["labels"]["app.kubernetes.io/component"]
+               in ("inference", "worker", "training", "redis")}
     for binding in by_kind(rendered, "RoleBinding"):
         for subject in binding["subjects"]:
-            assert subject["name"] not in pod_accounts, "no maskfleet pod needs the API"
+            assert subject["name"] not in serving, "serving pods never need the API"
     for role in by_kind(rendered, "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-            assert not {"delete", "deletecollection", "patch", "update", "escalate",
-                        "bind", "impersonate"} & set(rule["verbs"])
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+            assert "secrets" not in rule["resources"]
+
+
+def test_retrain_trigger_role_only_reads_and_creates(defaults: list[Manifest]) -> None:
+    role = one(defaults, "Role", "maskfleet-retrain-trigger")
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch", "create"}
+    assert not by_kind(defaults, "RoleBinding"), "bound only to the subjects a user lists"
 
 
 def test_retrain_trigger_role_allows_kubectl_create_job_from_cronjob(render: Any) -> None:

@@ -326,7 +326,7 @@ def test_in_chart_redis_is_bounded_with_lru(defaults: list[Manifest]) -> None:
     redis = one(defaults, "StatefulSet", "maskfleet-redis")
     conf = one(defaults, "ConfigMap", "maskfleet-redis")["data"]["redis.conf"].splitlines()
     assert "maxmemory 256mb" in conf
-    assert "maxmemory-policy allkeys-lru" in conf
+    assert "maxmemory-policy volatile-lru" in conf
     c = container(redis, "redis")
     assert c["command"] == ["redis-server", "/etc/redis/redis.conf"]
     url = one(defaults, "ConfigMap", "maskfleet-config")["data"]["MASKFLEET_REDIS_URL"]

@@ -85,7 +85,7 @@ def metrics() -> ApiMetrics:
 async def test_concurrent_requests_share_model_calls_within_the_size_limit(metrics):
     model = FakeModel(1)
     holder, _ = await loaded_holder({1: model}, metrics)
-    batcher = Batcher(holder, metrics, max_size=4, max_wait_ms=1000)
+    batcher = Batcher(holder, metrics, max_size=4, max_wait_ms=20)
     await batcher.start()
     model.gate.clear()
     first = asyncio.create_task(batcher.run(pixels()))

@@ -142,7 +142,7 @@ def uint8(shape: list[int], data: list | None = None, **extra) -> dict:
     (b'{"inputs": []}', "ten", InvalidInferenceRequest, "Inference-Header-Content-Length"),
 ])
 def test_malformed_requests_are_refused_with_a_reason(body, header_length, error, fragment):
-    with pytest.raises(MaskfleetError, match=".") as caught:
+    with pytest.raises(MaskfleetError) as caught:
         parse(body, header_length)
     assert type(caught.value) is error
     assert fragment in caught.value.detail

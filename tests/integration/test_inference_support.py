@@ -1,0 +1,82 @@
+"""Helpers for the inference integration tests (no tests here; the name keeps it among them).
+
+The API runs as users run it: `python -m services.inference` in its own process, configured by
+MASKFLEET_* variables, on a free loopback port, ready once /readyz answers 200.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import Server, free_port, http_ok
+
+
+def start_api(repo: Path, workdir: Path, redis_url: str, **settings: object) -> Server:
+    port = free_port()
+    env = {
+        "MASKFLEET_MODEL_REPOSITORY": str(repo),
+        "MASKFLEET_CACHE_DIR": str(workdir / "model-cache"),
+        "MASKFLEET_REDIS_URL": redis_url,
+        "MASKFLEET_HOST": "127.0.0.1",
+        "MASKFLEET_PORT": str(port),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()},
+    }
+    server = Server([sys.executable, "-m", "services.inference"], port, env=env,
+                    log=workdir / f"api-{port}.log")
+    return server.start(ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=120)
+
+
+def url(server: Server, path: str = "") -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+def photo(seed: int, size: tuple[int, int] = (96, 72), fmt: str = "JPEG") -> bytes:
+    """A distinct image per seed (so each is a cache miss unless repeated)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt)
+    return out.getvalue()
+
+
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def segment(client: httpx.Client, server: Server, image: bytes, content_type: str = "image/jpeg",
+            **params: str) -> httpx.Response:
+    return client.post(url(server, "/v1/segment"), content=image, params=params,
+                       headers={"Content-Type": content_type})
+
+
+def mask_of(response: httpx.Response) -> np.ndarray:
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def assert_trimap(mask: np.ndarray, width: int, height: int) -> None:
+    assert mask.shape == (height, width)
+    assert set(np.unique(mask).tolist()) <= {1, 2, 3}
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample from the server's /metrics (0 when absent)."""
+    text = httpx.get(url(server, "/metrics"), timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def batches_larger_than_one(server: Server, version: str) -> float:
+    total = metric(server, "maskfleet_batch_size_count", version=version)
+    singles = metric(server, "maskfleet_batch_size_bucket", version=version, le="1.0")
+    return total - singles
