@@ -28,8 +28,8 @@ def job_state(*states: str) -> str:
 
 
 def job_progress() -> str:
-    """Finished share of each unfinished job: written masks plus per-item errors over total."""
-    return f"{job_state('done', 'failed')}\n/\n{job_state('total')}"
+    """Finished share of each unfinished job (`done` counts per-item errors too)."""
+    return f"{job_state('done')}\n/\n{job_state('total')}"
 
 
 def build() -> Dashboard:
@@ -90,8 +90,8 @@ def build() -> Dashboard:
             query(q.quantile(0.95, "maskfleet_worker_batch_size"), "p95"), minimum=0))
         .with_row(Row("Jobs"))
         .with_panel(bars(
-            "Job progress", "Finished share of each running job (masks written plus per-item "
-            "errors, over the job's images).", "percentunit",
+            "Job progress", "Finished share of each running job: images processed (masks "
+            "written or recorded as per-item errors) over the job's images.", "percentunit",
             query(job_progress(), "{{job_id}}"), minimum=0, maximum=1))
         .with_panel(bars(
             "Job errors", "Images recorded as per-item errors in each running job.", "short",

@@ -41,8 +41,9 @@ def problem_response(request: Request, error: MaskfleetError) -> Response:
     }
     if request.url.path.startswith("/v2"):
         body["error"] = error.detail
-    # 503 (loading, draining) is routine; other 5xx mean something is broken
-    level = logging.ERROR if error.status >= 500 and error.status != 503 else logging.INFO
+    # 503 while loading or draining is routine (probes poll it); other 5xx mean a failure
+    level = (logging.DEBUG if error.status == 503 else
+             logging.ERROR if error.status >= 500 else logging.INFO)
     log.log(level, "request failed", extra={"status": error.status, "code": error.code,
                                             "detail": error.detail, "request_id": request_id,
                                             "path": request.url.path})

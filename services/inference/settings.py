@@ -32,7 +32,7 @@ class InferenceSettings(ServiceSettings):
     batch_max_size: int = Field(default=16, ge=1, le=256)
     """Most images per model call; 8-32 is where this CPU reaches its ceiling."""
 
-    batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
+    batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     """How long the first image of a batch waits for company; latency paid for throughput."""
 
     codec_threads: int = Field(default=2, ge=1, le=32)

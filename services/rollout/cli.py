@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return EXIT_ERROR
     configure_logging(settings.log_level)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         doc = run(settings, dry_run=args.dry_run)
     except MaskfleetError as exc:

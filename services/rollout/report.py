@@ -45,9 +45,10 @@ def as_text(doc: dict[str, Any]) -> str:
     lines = [f"decision: {doc['decision'].upper()}  (candidate {doc['candidate']} vs "
              f"production {doc['production']}, window {doc['window']} ending "
              f"{doc['evaluated_at']})"]
-    lines += [f"  because {reason}" for reason in doc["reasons"]]
     for check in doc["checks"]:
         lines.append(f"  {check['name']:<13} {check['verdict'].upper():<13} {check['summary']}")
+    if not doc["checks"]:
+        lines += [f"  {reason}" for reason in doc["reasons"]]
     if not doc["actions"]:
         lines.append("actions: none")
     else:

@@ -97,7 +97,9 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
                 client_configuration=configuration)
         return client.ApiClient(configuration)
     except config.ConfigException as exc:
-        raise TrafficError(f"no Kubernetes configuration: {exc}") from exc
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
+        raise TrafficError(f"no Kubernetes configuration ({where}: {exc}); outside a cluster "
+                           "set MASKFLEET_KUBECONFIG") from exc
 
 
 class Traffic:

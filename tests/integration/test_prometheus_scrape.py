@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +48,6 @@ START_TIMEOUT = 300.0  # TensorFlow import and model warm-up on two shared cores
 TRAFFIC_TIMEOUT = 240.0
 # Its own Redis database: leftovers of other tests in the shared Redis stay out of this queue.
 REDIS_DB = 11
-
-
-def services_missing() -> str:
-    for module in ("services.inference.__main__", "services.worker.app"):
-        with contextlib.suppress(ImportError):
-            if find_spec(module) is not None:
-                continue
-        return module
-    return ""
 
 
 @dataclass
@@ -163,7 +153,7 @@ class Traffic:
             f"{self.api}/v1/jobs",
             json=job_request(inputs, join(self.bucket, "out", str(self.jobs)) + "/"))
         assert response.status_code == 202, response.text
-        self.job_id = str(response.json()["id"])
+        self.job_id = str(response.json()["job_id"])
 
 
 def panel(uid: str, title: str, dashboards: list[dict[str, Any]]) -> list[PanelQuery]:
@@ -182,9 +172,6 @@ def has_data(prometheus: Prometheus, queries: list[PanelQuery]) -> bool:
 @pytest.fixture
 def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path: Path,
           logs_dir: Path) -> Iterator[tuple[Prometheus, Traffic]]:
-    missing = services_missing()
-    if missing:
-        pytest.skip(f"{missing} is not built yet")
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
     shared_env = {
         "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo),
@@ -224,12 +211,17 @@ def test_dashboards_work_against_a_real_prometheus(stack: tuple[Prometheus, Traf
     dashboards = [load(text) for text in render().values()]
     key_panels = {key: panel(*key, dashboards) for key in KEY_PANELS}
     waiting: list[tuple[str, str]] = list(key_panels)
+    problems: list[str] = []  # wait_until swallows exceptions: keep them for the failure
 
     def traffic_shows_on_key_panels() -> bool:
-        traffic.live_round()
-        traffic.job_round()
-        waiting[:] = [key for key, queries in key_panels.items()
-                      if not has_data(prometheus, queries)]
+        try:
+            traffic.live_round()
+            traffic.job_round()
+            waiting[:] = [key for key, queries in key_panels.items()
+                          if not has_data(prometheus, queries)]
+        except Exception as error:
+            problems[:] = [repr(error)]
+            raise
         return not waiting
 
     try:
@@ -237,7 +229,8 @@ def test_dashboards_work_against_a_real_prometheus(stack: tuple[Prometheus, Traf
     except TimeoutError as error:
         raise AssertionError(
             f"no data on {waiting} after {traffic.round} rounds and {traffic.jobs} jobs; "
-            f"statuses seen: {sorted(set(traffic.statuses))}; logs: scrape-*.log") from error
+            f"statuses seen: {sorted(set(traffic.statuses))}; last error: {problems}; "
+            f"logs: scrape-*.log") from error
     assert 200 in traffic.statuses
 
     failures = {}

@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from services.rollout.decision import Thresholds, decide
-from services.rollout.errors import TrafficError
+from services.rollout.errors import PrometheusError, TrafficError
 from services.rollout.prometheus import PrometheusClient
 from services.rollout.readout import Readout, read_readout
 from services.rollout.traffic import NGINX_WEIGHT, Traffic, api_client
@@ -271,7 +271,7 @@ def schema_errors(obj: dict[str, Any]) -> list[str]:
     if obj["kind"] == "HTTPRoute":
         return [e.message for e in jsonschema.Draft7Validator(HTTPROUTE_SCHEMA).iter_errors(obj)]
     try:
-        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
     except kubernetes_validate.ValidationError as exc:
         return [str(exc)]
     return []
@@ -499,3 +499,26 @@ def test_a_route_changed_after_it_was_read_is_not_overwritten(
     with pytest.raises(TrafficError, match="HTTP 409"):
         traffic.apply(patch)
     assert split(fake) == {STABLE: 90, CANARY: 10}
+
+
+def test_a_refused_query_is_an_error_that_names_the_query(prometheus: str) -> None:
+    with PrometheusClient(prometheus) as client, pytest.raises(PrometheusError,
+                                                               match="bad_data"):
+        client.query("sum by (version) (maskfleet_http_requests_total[30m]")
+
+
+def test_unreachable_prometheus_fails_the_run_and_changes_nothing(
+        repository: ModelRepository, kubernetes: tuple[FakeKubernetes, Path]) -> None:
+    fake, kubeconfig = kubernetes
+    env = {**os.environ, "MASKFLEET_MODEL_REPOSITORY": repository.root,
+           "MASKFLEET_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
+           "MASKFLEET_KUBECONFIG": str(kubeconfig), "MASKFLEET_ROLLOUT_HTTPROUTE": "maskfleet"}
+    done = subprocess.run([sys.executable, "-m", "services.rollout", "--json", "--exit-zero"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 1
+    error = json.loads(done.stderr.strip().splitlines()[-1])
+    assert error["error"] == "prometheus_error"
+    assert "cannot reach Prometheus" in error["detail"]
+    assert fake.requests == []
+    assert repository.stage("unet", "candidate") == 2

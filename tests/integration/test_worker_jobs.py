@@ -255,6 +255,7 @@ def test_bad_images_are_per_item_errors_and_the_job_still_succeeds(
         put(f"{gcs_bucket}/in/too-many-bytes.png", noisy.getvalue()): "payload_too_large",
         put(f"{gcs_bucket}/in/actually-a-gif.png", gif.getvalue()): "unsupported_media_type",
         f"{gcs_bucket}/in/missing.png": "object_not_found",
+        put(f"{gcs_bucket}/in/cut-in-header.jpg", pet_image(311)[:200]): "invalid_image",
     }
     assert len(noisy.getvalue()) > MAX_IMAGE_BYTES
     status = service.submit(JobRequest(input=[*good, *bad], output=f"{gcs_bucket}/out",
@@ -263,7 +264,7 @@ def test_bad_images_are_per_item_errors_and_the_job_still_succeeds(
 
     final = service.status(status.job_id)
     assert final.state is JobState.SUCCEEDED
-    assert (final.totals.images, final.totals.done, final.totals.failed) == (9, 9, 6)
+    assert (final.totals.images, final.totals.done, final.totals.failed) == (10, 10, 7)
     assert len(final.errors) == 3  # the store keeps the first max_errors=3
     lines = {x.input: x for x in decode(storage_for(final.manifest or "").read(
         final.manifest or ""))}

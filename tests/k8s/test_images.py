@@ -16,7 +16,7 @@ import yaml
 from tests.k8s.conftest import REPO
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
-FINAL = {"inference": "api", "worker": "worker", "training": "train"}
+FINAL = {"inference": "api,rollout", "worker": "worker", "training": "train"}
 COMMANDS = {
     "inference": ["python", "-m", "services.inference"],
     "worker": ["celery", "-A", "services.worker.app", "worker", "--pool=solo",

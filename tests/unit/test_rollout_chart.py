@@ -36,11 +36,12 @@ def test_nothing_of_the_rollout_is_rendered_by_default() -> None:
     assert rollout_objects({}) == {}
 
 
-def test_rollout_objects_validate_against_the_kubernetes_schemas() -> None:
+@pytest.mark.parametrize("kubernetes_version", ["1.29.0", "1.33.0"])
+def test_rollout_objects_validate_against_the_kubernetes_schemas(kubernetes_version: str) -> None:
     objects = rollout_objects(enabled(ingress={"nginxCanary": {"enabled": True}}))
     assert set(objects) == ROLLOUT_KINDS
     for obj in objects.values():
-        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+        kubernetes_validate.validate(obj, kubernetes_version, strict=True)
 
 
 def test_role_allows_get_and_patch_on_the_one_route_and_the_one_ingress_only() -> None:

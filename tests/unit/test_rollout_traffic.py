@@ -98,7 +98,7 @@ def test_nginx_canary_ingress_patch_touches_only_the_weight_and_stays_valid() ->
     patch, summary = drain_ingress(ingress["metadata"]["annotations"])
 
     patched = merge_patch(copy.deepcopy(ingress), patch)
-    kubernetes_validate.validate(patched, "1.30.0", strict=True)
+    kubernetes_validate.validate(patched, "1.33.0", strict=True)
     annotations = patched["metadata"]["annotations"]
     assert annotations[NGINX_WEIGHT] == "0"
     assert annotations["nginx.ingress.kubernetes.io/canary"] == "true"

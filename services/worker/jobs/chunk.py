@@ -21,7 +21,13 @@ from services.worker.jobs.manifest import ErrorEntry, ManifestLine
 from services.worker.jobs.records import ItemError, JobPlan, JobState
 from services.worker.jobs.store import JobStore
 from services.worker.metrics import WorkerMetrics
-from shared.errors import JobNotFound, MaskfleetError, ObjectNotFound, PayloadTooLarge
+from shared.errors import (
+    InvalidImage,
+    JobNotFound,
+    MaskfleetError,
+    ObjectNotFound,
+    PayloadTooLarge,
+)
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.model.serving import LoadedModel
 from shared.segmentation import Segmentation, segment_many
@@ -165,6 +171,8 @@ class ChunkRunner:
         for blob in blobs:
             try:
                 results.extend(segment_many(model, [blob], self.max_pixels))
+            except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises on bad bytes
+                results.append(InvalidImage(f"the image is truncated or corrupt: {exc}"))
             except Exception as exc:
                 results.append(InternalItemError(f"{type(exc).__name__}: {exc}"))
         return results
