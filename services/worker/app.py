@@ -1,39 +1,11 @@
-"""The worker's Celery app: `celery -A services.worker.app worker --pool=solo -Q maskfleet`.
+"""The worker's entry point: `celery -A services.worker.app worker --pool=solo -Q maskfleet`.
 
-This module is the worker's entry point, so it is where the settings are read (once). With
-`--pool=solo` the process that consumes is the one that works: it loads the model and serves
-/metrics on MASKFLEET_WORKER_METRICS_PORT when the pool starts.
+Settings are read here, once, from MASKFLEET_* variables (see `settings.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Celery, signals
-
-from services.worker.broker import make_celery
-from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
-from services.worker.tasks import register_tasks
-from shared.logging import configure_logging
-
-
-def create_worker_app(settings: WorkerSettings) -> Celery:
-    celery = make_celery(settings.redis_url,
-                         visibility_timeout=settings.visibility_timeout_seconds)
-    runtime = WorkerRuntime(settings)
-    register_tasks(celery, runtime)
-
-    def setup_logging(**_: Any) -> None:
-        configure_logging(settings.log_level)
-
-    def start_process(**_: Any) -> None:
-        runtime.warm_up()
-        runtime.serve_metrics()
-
-    signals.setup_logging.connect(setup_logging, weak=False)
-    signals.worker_process_init.connect(start_process, weak=False)
-    return celery
-
+from services.worker.worker import create_worker_app
 
 app = create_worker_app(WorkerSettings())

@@ -20,8 +20,9 @@ RETRYABLE = (StorageError, redis.RedisError, ConnectionError, TimeoutError)
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     @app.task(  # type: ignore[untyped-decorator]
-        name=CHUNK_TASK, autoretry_for=RETRYABLE, retry_backoff=2, retry_backoff_max=60,
-        retry_jitter=True, max_retries=5, acks_late=True, reject_on_worker_lost=True,
+        name=CHUNK_TASK, shared=False, autoretry_for=RETRYABLE, retry_backoff=2,
+        retry_backoff_max=60, retry_jitter=True, max_retries=5, acks_late=True,
+        reject_on_worker_lost=True,
     )
     def process_chunk(job_id: str, index: int) -> dict[str, Any]:
         return runtime.run_chunk(job_id, index).as_dict()

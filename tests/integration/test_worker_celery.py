@@ -33,7 +33,7 @@ from shared.imaging import decode_mask
 from shared.repository import ModelRepository
 from shared.segmentation import Segmentation, segment_many
 from shared.storage import storage_for
-from tests.servers import REPO, Server, free_port, http_ok, port_open, wait_until
+from tests.servers import REPO, Server, free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -302,7 +302,7 @@ def test_cancel_skips_the_chunks_that_have_not_started(
             if u.endswith(".png")] == []
     skipped_after = sum(fleet.metric(w, 'maskfleet_worker_chunks_total{status="skipped"}')
                         for w in fleet.workers)
-    assert skipped_after - skipped_before == chunks
+    assert skipped_after - skipped_before >= chunks  # more if a slow ack caused a redelivery
 
 
 def test_a_worker_killed_mid_chunk_loses_nothing(
@@ -320,7 +320,8 @@ def test_a_worker_killed_mid_chunk_loses_nothing(
     first = started_by(store, job_id, 2)
     [victim] = [w for w in fleet.workers if first and first.endswith(f":{fleet.worker_pid(w)}")]
     victim.stop(signal.SIGKILL)
-    assert victim.proc is not None and victim.proc.returncode == -signal.SIGKILL
+    assert victim.proc is not None
+    assert victim.proc.returncode == -signal.SIGKILL
 
     wait_until(lambda: started_by(store, job_id, 2, attempt=2) is not None,
                VISIBILITY_SECONDS + JOB_TIMEOUT, "chunk 2 to be redelivered")

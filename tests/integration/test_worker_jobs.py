@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from services.inference.app import create_app
 from services.inference.settings import InferenceSettings
+from services.worker.broker import CHUNK_TASK
 from services.worker.cli import main as cli
 from services.worker.jobs.chunk import ChunkRunner
 from services.worker.jobs.manifest import chunk_manifest_uri, decode
@@ -26,6 +27,8 @@ from services.worker.jobs.records import JobRequest, JobState
 from services.worker.jobs.service import JobService
 from services.worker.jobs.store import JobStore, redis_client
 from services.worker.models import ModelCache
+from services.worker.settings import WorkerSettings
+from services.worker.worker import create_worker_app
 from shared.errors import (
     InvalidJob,
     JobNotFound,
@@ -150,7 +153,8 @@ def test_a_job_writes_every_mask_and_a_manifest_listing_each_input_once(
     lines = decode(storage_for(final.manifest).read(final.manifest))
     assert [x.input for x in lines] == sorted(images)
     for line in lines:
-        assert line.output is not None and line.error is None
+        assert line.output is not None
+        assert line.error is None
         assert line.output.startswith(f"{gcs_bucket}/out/")
         mask = decode_mask(storage_for(line.output).read(line.output))
         data = storage_for(line.input).read(line.input)
@@ -274,6 +278,45 @@ def test_bad_images_are_per_item_errors_and_the_job_still_succeeds(
         lines[uri].output or "") for uri in good)
 
 
+def test_a_lost_chunk_manifest_fails_the_job_with_the_reason(
+    gcs_bucket: str, service: JobService, runner: ChunkRunner,
+) -> None:
+    for i in range(4):
+        put(f"{gcs_bucket}/in/m{i}.jpg", pet_image(450 + i))
+    status = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out",
+                                       chunk_size=2))
+    runner.run(status.job_id, 0)
+    storage_for(gcs_bucket).delete(chunk_manifest_uri(f"{gcs_bucket}/out", 0))
+    runner.run(status.job_id, 1)
+    final = service.status(status.job_id)
+    assert final.state is JobState.FAILED
+    assert "chunk-0.jsonl is missing" in (final.error or "")
+    assert final.manifest is None
+
+
+def test_a_chunk_task_that_cannot_run_fails_its_job(
+    gcs_bucket: str, redis_url: str, store: JobStore, tiny_model_repo: Path, tmp_path: Path,
+) -> None:
+    """The Celery task itself (run eagerly): a pinned version that vanished is not retried."""
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_model_repo, root)
+    repo = ModelRepository(str(root))
+    put(f"{gcs_bucket}/in/a.jpg", pet_image(460))
+    service = JobService(store, repo, RecordedQueue(), model_name="unet")
+    status = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out",
+                                       model_version=2))
+    (root / "unet" / "2" / "COMPLETE").unlink()
+
+    settings = WorkerSettings(redis_url=redis_url, model_repository=str(root),
+                              cache_dir=str(tmp_path / "cache"), worker_metrics_port=0)
+    celery = create_worker_app(settings)
+    result = celery.tasks[CHUNK_TASK].apply(args=[status.job_id, 0])
+    assert result.failed()
+    final = service.status(status.job_id)
+    assert final.state is JobState.FAILED
+    assert final.error == "chunk 0 failed: VersionNotFound: unet has no version 2"
+
+
 def test_the_stage_is_pinned_at_submission(
     gcs_bucket: str, service: JobService, runner: ChunkRunner, queue: RecordedQueue,
     model_repo: ModelRepository,
@@ -298,7 +341,7 @@ def test_refusals_leave_no_job_behind(
     store: JobStore,
 ) -> None:
     put(f"{gcs_bucket}/in/a.jpg", pet_image(500))
-    with pytest.raises(NoImagesFound, match="no .jpg"):
+    with pytest.raises(NoImagesFound, match=r"no \.jpg"):
         service.submit(JobRequest(input=f"{gcs_bucket}/nothing-here", output=f"{gcs_bucket}/o"))
     with pytest.raises(NoImagesFound, match="no bucket"):
         service.submit(JobRequest(input="gs://no-such-bucket-x/in", output=f"{gcs_bucket}/o"))
@@ -385,5 +428,6 @@ def test_the_cli_drives_the_api(
     runner.run(job_id, 0)
     assert cli(["wait", job_id, "--interval", "0"], http=api) == 0
     out = capsys.readouterr().out
-    assert "succeeded" in out and f"{gcs_bucket}/out/manifest.jsonl" in out
+    assert "succeeded" in out
+    assert f"{gcs_bucket}/out/manifest.jsonl" in out
     assert cli(["status", "0" * 32], http=api) == 2

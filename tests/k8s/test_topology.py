@@ -198,7 +198,7 @@ def test_api_hpa_can_also_scale_on_a_custom_metric(render: Any) -> None:
     objects = render(VALUE_SETS["metrics-on"])
     metrics = one(objects, "HorizontalPodAutoscaler", STABLE)["spec"]["metrics"]
     assert [m["type"] for m in metrics] == ["Resource", "Pods"]
-    assert metrics[1]["pods"]["metric"]["name"] == "maskfleet_inference_inflight_requests"
+    assert metrics[1]["pods"]["metric"]["name"] == "maskfleet_http_requests_in_flight"
     assert metrics[1]["pods"]["target"] == {"type": "AverageValue", "averageValue": "8"}
 
 

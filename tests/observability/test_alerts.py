@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maskfleet"
 RULES = CHART / "rules" / "maskfleet.rules.yaml"
 RULES_TEST = Path(__file__).with_name("rules_test.yaml")
-CRD_SCHEMA = REPO.parent / "shared" / "schemas" / "crds" / "monitoring.coreos.com_prometheusrule_v1.json"
+CRDS = REPO.parent / "shared" / "schemas" / "crds"
+CRD_SCHEMA = CRDS / "monitoring.coreos.com_prometheusrule_v1.json"
 SEVERITIES = {"warning", "critical"}
 
 
