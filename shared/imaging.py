@@ -54,6 +54,8 @@ def open_image(
             image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise InvalidImage("the bytes are not a JPEG or PNG image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"the image header is truncated or corrupt: {exc}") from None
     if image.format not in formats:
         raise UnsupportedMediaType(
             f"image format {image.format} is not allowed (allowed: {', '.join(sorted(formats))})"

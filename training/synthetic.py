@@ -89,7 +89,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Rgb:
     image = _color(rng) * (1 - ramp[..., None]) + _color(rng) * ramp[..., None]
     texture = rng.choice(["blotches", "stripes", "checks"], p=[0.5, 0.3, 0.2])
     if texture == "blotches":
-        image += _smooth_noise(rng, size, rng.uniform(30, 90)) * rng.uniform(10, 30)
+        image += _smooth_noise(rng, size, rng.uniform(30, 90)) * rng.uniform(8, 22)
     else:
         period = rng.uniform(14, 60)
         turn = rng.uniform(0, math.pi)
@@ -98,7 +98,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Rgb:
         if texture == "checks":
             v = -xs * math.sin(turn) + ys * math.cos(turn)
             wave = np.sign(wave * np.sin(2 * math.pi * v / period))
-        image += (wave * rng.uniform(8, 25))[..., None] * rng.uniform(0.5, 1.0, size=3)
+        image += (wave * rng.uniform(6, 18))[..., None] * rng.uniform(0.5, 1.0, size=3)
     return image.astype(np.float32)
 
 
@@ -168,7 +168,7 @@ def _coat(rng: np.random.Generator, size: tuple[int, int], inside: npt.NDArray[n
     xs, ys = _coords(size)
     coat = np.broadcast_to(_color(rng), (size[1], size[0], 3)).copy()
     fur = _smooth_noise(rng, size, rng.uniform(3.5, 6.0), channels=1)
-    coat += fur * rng.uniform(22, 34)
+    coat += fur * rng.uniform(28, 40)
     pattern = rng.choice(["stripes", "spots", "patches", "plain"], p=[0.3, 0.25, 0.25, 0.2])
     second = _color(rng)
     if pattern == "stripes":
@@ -181,7 +181,7 @@ def _coat(rng: np.random.Generator, size: tuple[int, int], inside: npt.NDArray[n
         scale = rng.uniform(8, 16) if pattern == "spots" else radius_px * rng.uniform(0.4, 0.8)
         blobs = _smooth_noise(rng, size, scale, channels=1)[..., 0] > 0.7
         coat = np.where(blobs[..., None], coat * 0.4 + second * 0.6, coat)
-    shade = 0.65 + 0.35 * inside
+    shade = 0.55 + 0.45 * inside
     return (coat * shade[..., None]).astype(np.float32)
 
 
@@ -272,7 +272,7 @@ def render(seed: int, index: int) -> Sample:
     jpeg = io.BytesIO()
     image.save(jpeg, format="JPEG", quality=int(rng.integers(60, 95)))
 
-    band = max(2, round(rng.uniform(0.02, 0.026) * min(width, height)))
+    band = max(2, round(rng.uniform(0.026, 0.032) * min(width, height)))
     pet = np.asarray(visible) > 127
     grown = _dilate(pet, band)
     shrunk = ~_dilate(~pet, band)

@@ -1,7 +1,8 @@
 """FastAPI dependencies: routes get the app's components through these aliases.
 
 `create_app` stores the components on `app.state`; tests swap any of them with
-`app.dependency_overrides[get_x] = ...`.
+`app.dependency_overrides[get_x] = ...`. They are `async def` because FastAPI runs plain
+`def` dependencies in its thread pool: a thread hop per dependency per request.
 """
 
 from __future__ import annotations
@@ -17,32 +18,32 @@ from .pipeline import Segmenter
 from .settings import InferenceSettings
 
 
-def get_settings(request: Request) -> InferenceSettings:
+async def get_settings(request: Request) -> InferenceSettings:
     settings: InferenceSettings = request.app.state.settings
     return settings
 
 
-def get_holder(request: Request) -> ModelHolder:
+async def get_holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
 
 
-def get_segmenter(request: Request) -> Segmenter:
+async def get_segmenter(request: Request) -> Segmenter:
     segmenter: Segmenter = request.app.state.segmenter
     return segmenter
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
 
-def get_served_log(request: Request) -> ServedLog:
+async def get_served_log(request: Request) -> ServedLog:
     served_log: ServedLog = request.app.state.served_log
     return served_log
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     request_id: str = request.state.request_id
     return request_id
 

@@ -2,7 +2,8 @@
 
 The routes only translate HTTP; the job logic is `services.worker.jobs.service.JobService`,
 which `create_app` puts on `app.state.jobs` (tests override `get_jobs`). Handlers are plain
-`def`: listing a bucket and talking to Redis block, so they run in the thread pool.
+`def`: listing a bucket and talking to Redis block, so they run in the thread pool (the
+dependency is `async`: it only reads `app.state`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
-def get_jobs(request: Request) -> JobService:
+async def get_jobs(request: Request) -> JobService:
     jobs: JobService | None = getattr(request.app.state, "jobs", None)
     if jobs is None:
         raise JobsUnavailable("this API instance was started without batch jobs")
