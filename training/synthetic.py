@@ -34,6 +34,8 @@ from shared.storage import join, storage_for
 KINDS: tuple[str, ...] = ("ellipse", "blob", "polygon", "animal")
 PET, BACKGROUND, BORDER = 1, 2, 3
 TRAIN_SPLIT, TEST_SPLIT = "trainval", "test"
+MIN_CONTRAST = 90.0
+"""Least RGB distance between a pet's base colour and the mean colour behind it."""
 
 Rgb = npt.NDArray[np.float32]
 Points = list[tuple[float, float]]
@@ -162,11 +164,22 @@ def _pet_shapes(rng: np.random.Generator, kind: str, size: tuple[int, int]) -> l
     return [body, head, *ears]
 
 
+def _contrasting(rng: np.random.Generator, behind: npt.NDArray[np.float32]) -> npt.NDArray[
+        np.float32]:
+    """A colour visibly unlike what is behind the pet: hard data, not invisible pets."""
+    color = _color(rng)
+    for _ in range(30):
+        if float(np.linalg.norm(color - behind)) >= MIN_CONTRAST:
+            break
+        color = _color(rng)
+    return color
+
+
 def _coat(rng: np.random.Generator, size: tuple[int, int], inside: npt.NDArray[np.float32],
-          radius_px: float) -> Rgb:
+          radius_px: float, behind: npt.NDArray[np.float32]) -> Rgb:
     """Fur: a base colour with fine noise, a pattern (stripes, spots or patches) and shading."""
     xs, ys = _coords(size)
-    coat = np.broadcast_to(_color(rng), (size[1], size[0], 3)).copy()
+    coat = np.broadcast_to(_contrasting(rng, behind), (size[1], size[0], 3)).copy()
     fur = _smooth_noise(rng, size, rng.uniform(3.5, 6.0), channels=1)
     coat += fur * rng.uniform(28, 40)
     pattern = rng.choice(["stripes", "spots", "patches", "plain"], p=[0.3, 0.25, 0.25, 0.2])
@@ -250,8 +263,10 @@ def render(seed: int, index: int) -> Sample:
     inside = np.asarray(
         silhouette.filter(ImageFilter.GaussianBlur(max(2.0, radius_px * 0.25))), np.float32
     ) / 255.0
+    behind = np.asarray(canvas, np.float32)[np.asarray(silhouette) > 0]
+    behind_mean = behind.mean(axis=0) if len(behind) else np.full(3, 128.0, np.float32)
     coat = Image.fromarray(
-        np.clip(_coat(rng, size, inside, radius_px), 0, 255).astype(np.uint8), "RGB"
+        np.clip(_coat(rng, size, inside, radius_px, behind_mean), 0, 255).astype(np.uint8), "RGB"
     )
     canvas.paste(coat, (0, 0), silhouette.filter(ImageFilter.GaussianBlur(0.8)))
 

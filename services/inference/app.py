@@ -22,7 +22,7 @@ from .cache import ResultCache
 from .errors import install_error_handlers
 from .feedback import NoServedLog, ServedLog
 from .metrics import ApiMetrics
-from .middleware import RequestContext
+from .middleware import RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
 from .routes import health, jobs, segment, v2
@@ -75,6 +75,7 @@ def create_app(
     app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
     install_error_handlers(app)
     app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)
     app.include_router(segment.router)
     app.include_router(v2.router)

@@ -69,3 +69,22 @@ def _incoming_id(scope: Scope) -> str | None:
             text = value.decode("latin-1")
             return text if _VALID_ID.match(text) else None
     return None
+
+
+class StripPathPrefix:
+    """Serve `/model-a/v1/segment` as `/v1/segment`, so the path-based Ingress needs no
+    controller-specific rewrite annotation."""
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = tuple(p.rstrip("/") for p in prefixes if p.strip("/"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefix in self.prefixes:
+                if path == prefix or path.startswith(prefix + "/"):
+                    scope = {**scope, "path": path[len(prefix):] or "/",
+                             "raw_path": (path[len(prefix):] or "/").encode()}
+                    break
+        await self.app(scope, receive, send)

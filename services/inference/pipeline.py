@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.errors import InvalidImage
 from shared.imaging import Mask, mask_from_class_ids, to_model_input
 from shared.segmentation import Prepared, finish, prepare
 
@@ -115,7 +114,7 @@ class Segmenter:
         for attempt in (1, 2):
             size = self._holder.require().input_size
             prepared = await asyncio.gather(
-                *(self._off_loop(_prepare, blob, size, self._max_pixels) for blob in blobs))
+                *(self._off_loop(prepare, blob, size, self._max_pixels) for blob in blobs))
             try:
                 return prepared, await self._batcher.run(
                     np.stack([p.pixels for p in prepared]))
@@ -123,14 +122,6 @@ class Segmenter:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-
-def _prepare(data: bytes, size: int, max_pixels: int) -> Prepared:
-    """`shared.segmentation.prepare`, plus PIL's header errors that escape it as a 500."""
-    try:
-        return prepare(data, size, max_pixels)
-    except (OSError, SyntaxError) as exc:  # e.g. a JPEG cut inside its header
-        raise InvalidImage(f"the image is truncated or corrupt: {exc}") from None
 
 
 def _sha256(data: bytes) -> str:

@@ -71,6 +71,10 @@ class InferenceSettings(ServiceSettings):
     max_images_per_request: int = Field(default=64, ge=1, le=1024)
     """Most images in one Open Inference Protocol v2 request."""
 
+    path_prefixes: tuple[str, ...] = ("/model-a", "/model-b")
+    """Leading path segments stripped before routing: the chart's Ingress fans out by
+    `/model-a` and `/model-b`, and networking.k8s.io/v1 cannot rewrite paths by itself."""
+
     role: Role = "stable"
     """`stable` or `canary`: a metrics label telling the two Deployments of an A/B test apart."""
 

@@ -142,7 +142,8 @@ def test_each_kind_of_bad_input_gets_its_own_problem(api, client, case, path, bo
     assert answer.headers["content-type"] == PROBLEM
     problem = answer.json()
     assert (problem["status"], problem["code"]) == (status, code)
-    assert problem["detail"] and problem["title"]
+    assert problem["detail"]
+    assert problem["title"]
     assert problem["request_id"] == answer.headers["x-request-id"]
     assert "Traceback" not in answer.text
 
@@ -175,7 +176,8 @@ def test_v2_json_round_trip_with_pixels_and_with_encoded_images(api, client):
 def test_tritonclient_works_unchanged(api):
     client = triton.InferenceServerClient(f"127.0.0.1:{api.port}")
     try:
-        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_server_live()
+        assert client.is_server_ready()
         assert client.is_model_ready("unet")
         assert not client.is_model_ready("unet", "2")
         assert client.get_model_metadata("unet")["versions"] == ["1"]
@@ -186,7 +188,8 @@ def test_tritonclient_works_unchanged(api):
         result = client.infer("unet", [tensor], request_id="t-1")
         assert result.get_response()["id"] == "t-1"
         masks = result.as_numpy("mask")
-        assert masks.shape == (3, 24, 32) and set(np.unique(masks).tolist()) <= {1, 2, 3}
+        assert masks.shape == (3, 24, 32)
+        assert set(np.unique(masks).tolist()) <= {1, 2, 3}
 
         images = np.array([photo(9, (40, 30)), photo(10, (20, 60), "PNG")], dtype=np.object_)
         tensor = triton.InferInput("image_bytes", [2], "BYTES")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -198,7 +201,8 @@ def test_bad_requests_get_a_problem_with_a_stable_code(client, path, body, conte
     problem = answer.json()
     assert (problem["status"], problem["code"]) == (status, code)
     assert problem["type"].endswith(code)
-    assert problem["title"] and problem["detail"]
+    assert problem["title"]
+    assert problem["detail"]
     assert problem["request_id"] == answer.headers["x-request-id"]
     if path.startswith("/v2"):
         assert problem["error"] == problem["detail"]  # what OIP clients print
@@ -276,3 +280,34 @@ def test_metrics_describe_the_served_model_and_traffic(client):
     assert 'route="/metrics"' not in text  # scrapes are not traffic
     assert "maskfleet_batch_size_bucket" in text
     assert "maskfleet_cache_misses_total" in text
+
+
+def test_the_openapi_document_describes_the_image_upload(client):
+    spec = client.get("/openapi.json").json()
+    segment_op = spec["paths"]["/v1/segment"]["post"]
+    assert {"image/jpeg", "image/png", "multipart/form-data"} <= \
+        set(segment_op["requestBody"]["content"])
+    assert {"200", "413", "415"} <= set(segment_op["responses"])
+    assert "/v2/models/{name}/versions/{version}/infer" in spec["paths"]
+
+
+def test_invalid_settings_stop_the_process_with_a_clear_log():
+    result = subprocess.run(
+        [sys.executable, "-m", "services.inference"], capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "MASKFLEET_BATCH_MAX_SIZE": "0",
+             "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 2
+    line = next(json.loads(x) for x in result.stdout.splitlines() if x.startswith("{"))
+    assert line["msg"] == "invalid settings"
+    assert "batch_max_size" in json.dumps(line["errors"])
+
+
+@pytest.mark.parametrize("prefix", ["/model-a", "/model-b"])
+def test_the_ingress_path_prefixes_reach_the_same_routes(client, prefix):
+    plain = segment(client, half_white())
+    prefixed = client.post(f"{prefix}/v1/segment", content=half_white(),
+                           headers={"Content-Type": "image/png"})
+    assert prefixed.status_code == 200
+    assert prefixed.content == plain.content
+    assert client.get(f"{prefix}/readyz").status_code == 200
+    assert client.get("/model-c/readyz").status_code == 404

@@ -182,3 +182,12 @@ async def test_a_stage_change_swaps_versions_between_batches(metrics):
     assert sample("maskfleet_model_eval_metric", {"model": "unet", "version": "2",
                                                   "metric": "mean_iou"}) == 0.2
     assert not await holder.refresh()  # same version: nothing to do
+
+
+async def test_a_pinned_version_is_served_and_labelled_pinned(metrics):
+    models = {1: FakeModel(1), 3: FakeModel(3)}
+    holder, _ = await loaded_holder(models, metrics, model_version=3)
+    assert holder.require().version == 3
+    assert holder.require().stage == "pinned"
+    assert metrics.registry.get_sample_value("maskfleet_model_info", {
+        "model": "unet", "version": "3", "stage": "pinned", "role": "stable"}) == 1
