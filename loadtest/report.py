@@ -46,7 +46,8 @@ class Report:
     def print_table(self, console: Console | None = None) -> None:
         table = Table(title="maskfleet bench", show_lines=False)
         for column in ("section", "figure", "value", "unit", "x ceiling", "target"):
-            table.add_column(column, justify="right" if column in ("value", "x ceiling") else "left")
+            numeric = column in ("value", "x ceiling")
+            table.add_column(column, justify="right" if numeric else "left")
         for f in self.figures:
             ratio = "" if f.ratio_to_ceiling is None else f"{f.ratio_to_ceiling:.2f}"
             table.add_row(f.section, f.name, f"{f.value:.2f}", f.unit, ratio, f.target or "")
