@@ -1,8 +1,14 @@
 """`make bench`: every figure measured in one run, each also as a ratio to the model ceiling.
 
-The ceiling is the exported SavedModel called in-process on this machine; the other sections
-(training speed, the API over HTTP, cache hits, the naive baseline, batch jobs) are added to
-the same report so the ratios compare like with like.
+The ceiling is the exported SavedModel called in-process on this machine. The same SavedModel is
+published into a temporary model repository and served by the real processes (Redis, the API,
+a Celery worker, the tutorial-style baseline), loaded over HTTP with wrk, so the ratios compare
+like with like on whatever machine this runs. Sections run one after another, never
+overlapping, because each of them wants both cores.
+
+Other work on the machine moves every wall-clock figure, so the ceiling is measured again right
+before each load run and that ratio is the one reported; beside it, the server's CPU time per
+request, which contention barely moves, says what share of the ceiling CPU alone allows.
 """
 
 from __future__ import annotations
@@ -10,16 +16,105 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from loadtest import servers
+from loadtest.baseline import request_body
+from loadtest.batch import run_job, write_inputs
 from loadtest.ceiling import Ceiling, measure_ceiling
+from loadtest.http_load import run_wrk
+from loadtest.images import pet_image
+from loadtest.profiling import Profiler
 from loadtest.report import Figure, Report
+from shared.imaging import preprocess
 from shared.logging import configure_logging
 from shared.model.config import UNetConfig
 from shared.model.serving import LoadedModel, export_savedmodel
 from shared.model.unet import build_unet
+from shared.repository import ModelRepository, VersionMetadata
 
 log = logging.getLogger("bench")
+
+SECTIONS = ("api", "cache", "baseline", "batch", "training")
+API_TARGET = 0.85
+CACHE_TARGET = 10.0
+P99_TARGET = 3.0
+BATCH_TARGET = 0.85
+TRAINING_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Everything one run creates, under one temporary directory."""
+
+    root: Path
+    saved_model: Path
+    models: Path
+    jpeg: Path
+    logs: Path
+    input_size: int
+
+
+@dataclass
+class Bench:
+    report: Report
+    model: LoadedModel
+    ceiling: Ceiling
+    concurrency: Sequence[int]
+    load_seconds: float
+    warmup_seconds: float
+    nearby_seconds: float
+    profiler: Profiler
+
+    def nearby_ceiling(self) -> float:
+        """The ceiling (best batch size) again, now, next to the figure it divides."""
+        if self.nearby_seconds <= 0:
+            return self.ceiling.best_images_per_s
+        return measure_ceiling(self.model, (self.ceiling.best_batch_size,),
+                               self.nearby_seconds).best_images_per_s
+
+    def figure(self, section: str, name: str, per_second: float, cpu_seconds: float,
+               units: int, nearby: float) -> Figure:
+        cpu_ms = 1000 * cpu_seconds / max(units, 1)
+        return Figure(section, name, per_second, "img/s", per_second / nearby, cpu_ms=cpu_ms,
+                      cpu_ratio=self.ceiling.best_cpu_ms_per_image / cpu_ms if cpu_ms else None,
+                      extra={"ceiling_nearby": round(nearby, 2),
+                             "x_run_ceiling": per_second / self.ceiling.best_images_per_s})
+
+    def load(self, section: str, label: str, url: str, body: Path, content_type: str,
+             server: servers.Process, also: Sequence[servers.Process] = ()) -> dict[int, Figure]:
+        """wrk at each concurrency after an unrecorded warm-up; CPU of `server` and `also`."""
+        figures = {}
+        for connections in self.concurrency:
+            if self.warmup_seconds > 0:
+                run_wrk(url, body, content_type=content_type, connections=connections,
+                        seconds=self.warmup_seconds)
+            nearby = self.nearby_ceiling()
+            cpu = _cpu([server, *also])
+            with self.profiler.record(server.pid, f"{section}-c{connections}",
+                                      self.load_seconds):
+                result = run_wrk(url, body, content_type=content_type, connections=connections,
+                                 seconds=self.load_seconds)
+            f = self.figure(section, f"{label} c={connections}", result.per_second,
+                            _cpu([server, *also]) - cpu, result.requests, nearby)
+            f.p50_ms, f.p95_ms, f.p99_ms = result.p50_ms, result.p95_ms, result.p99_ms
+            f.extra.update(requests=result.requests, errors=result.errors,
+                           seconds=round(result.seconds, 2), mean_ms=result.mean_ms,
+                           max_ms=result.max_ms,
+                           p99_x_batch1_latency=result.p99_ms / self.ceiling.batch1_latency_ms)
+            figures[connections] = self.report.add(f)
+            log.warning("%s c=%d: %.1f/s (x%.2f) p99 %.1f ms, %.2f cpu ms", section, connections,
+                        result.per_second, f.ratio_to_ceiling, result.p99_ms, f.cpu_ms)
+        return figures
+
+
+def _cpu(processes: Sequence[servers.Process]) -> float:
+    return sum(p.cpu_seconds() for p in processes)
 
 
 def _ceiling_section(report: Report, model: LoadedModel, seconds: float) -> Ceiling:
@@ -28,40 +123,185 @@ def _ceiling_section(report: Report, model: LoadedModel, seconds: float) -> Ceil
                       ceiling.batch1_images_per_s / ceiling.best_images_per_s))
     report.add(Figure("ceiling", f"in-process batch {ceiling.best_batch_size} (best)",
                       ceiling.best_images_per_s, "img/s", 1.0,
+                      cpu_ms=ceiling.best_cpu_ms_per_image, cpu_ratio=1.0,
                       extra={"by_batch": ceiling.by_batch}))
     report.add(Figure("ceiling", "in-process batch 1 latency", ceiling.batch1_latency_ms, "ms"))
     report.context["ceiling_images_per_s"] = ceiling.best_images_per_s
+    report.context["batch1_latency_ms"] = ceiling.batch1_latency_ms
     return ceiling
 
 
-def _training_section(report: Report, steps: int) -> None:
+def _check_segment(url: str, jpeg: bytes, cache: str) -> None:
+    """One request before the load: the answer must be a PNG mask with the expected X-Cache."""
+    answer = httpx.post(f"{url}/v1/segment", content=jpeg,
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    if answer.status_code != 200 or answer.headers.get("x-cache") != cache:
+        raise RuntimeError(f"unexpected answer {answer.status_code} "
+                           f"X-Cache={answer.headers.get('x-cache')}: {answer.text[:200]}")
+
+
+def _api_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
+    """Distinct work per request: the cache is off, so every request runs the model."""
+    with servers.running(servers.start_api(ws.logs, models=ws.models, redis_url=redis_url,
+                                           cache=False)) as api:
+        _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
+        figures = bench.load("api", "segment 500x375 JPEG, cache off", f"{api.url}/v1/segment",
+                             ws.jpeg, "image/jpeg", api)
+    if 32 in figures:
+        f = figures[32]
+        f.target, f.met = f">= {API_TARGET} x ceiling", (f.ratio_to_ceiling or 0) >= API_TARGET
+    if 8 in figures:
+        f = figures[8]
+        limit = P99_TARGET * bench.ceiling.batch1_latency_ms
+        f.target = f"p99 <= {P99_TARGET:g} x batch-1 latency ({limit:.0f} ms)"
+        f.met = f.p99_ms is not None and f.p99_ms <= limit
+
+
+def _cache_section(bench: Bench, api: servers.Process, redis: servers.Process,
+                   ws: Workspace) -> None:
+    """One image repeated: after the first request every answer comes from Redis."""
+    jpeg = ws.jpeg.read_bytes()
+    httpx.post(f"{api.url}/v1/segment", content=jpeg, headers={"Content-Type": "image/jpeg"},
+               timeout=60)
+    _check_segment(api.url, jpeg, "hit")
+    figures = bench.load("cache", "segment, cache hit", f"{api.url}/v1/segment", ws.jpeg,
+                         "image/jpeg", api, [redis])
+    best = max(figures.values(), key=lambda f: f.value)
+    best.target = f">= {CACHE_TARGET:g} x ceiling"
+    best.met = (best.ratio_to_ceiling or 0) >= CACHE_TARGET
+
+
+def _batch_section(bench: Bench, api: servers.Process, ws: Workspace, redis_url: str,
+                   images: int, chunk_size: int) -> None:
+    """A warm-up job, then the timed one, on one worker as docs/batch.md runs it."""
+    blobs = [pet_image(i) for i in range(16)]
+    warm = write_inputs(ws.root / "jobs" / "warm", blobs, 32)
+    timed = write_inputs(ws.root / "jobs" / "timed", blobs, images)
+    with servers.running(servers.start_worker(ws.logs, models=ws.models,
+                                              redis_url=redis_url)) as worker:
+        run_job(api.url, str(warm), str(ws.root / "masks" / "warm"), chunk_size=chunk_size)
+        nearby = bench.nearby_ceiling()
+        cpu = worker.cpu_seconds()
+        job = run_job(api.url, str(timed), str(ws.root / "masks" / "timed"),
+                      chunk_size=chunk_size)
+        cpu = worker.cpu_seconds() - cpu
+    if job.state != "succeeded" or job.failed:
+        raise RuntimeError(f"batch job {job.job_id} ended {job.state} with {job.failed} errors")
+    f = bench.report.add(bench.figure(
+        "batch", f"job of {images} JPEGs, 1 worker, POST to succeeded", job.per_second, cpu,
+        job.images, nearby))
+    f.target, f.met = f">= {BATCH_TARGET} x ceiling", (f.ratio_to_ceiling or 0) >= BATCH_TARGET
+    f.extra.update(images=job.images, seconds=round(job.seconds, 2), chunk_size=chunk_size)
+
+
+def _baseline_section(bench: Bench, ws: Workspace) -> None:
+    pixels, _ = preprocess(ws.jpeg.read_bytes(), ws.input_size)
+    body = ws.root / "baseline.json"
+    body.write_bytes(request_body(pixels))
+    bench.report.context["baseline_body_bytes"] = body.stat().st_size
+    with servers.running(servers.start_baseline(ws.logs, saved_model=ws.saved_model)) as app:
+        answer = httpx.post(f"{app.url}/predict", content=body.read_bytes(),
+                            headers={"Content-Type": "application/json"}, timeout=60)
+        answer.raise_for_status()
+        bench.load("baseline", "tutorial JSON floats, 1 call/request", f"{app.url}/predict",
+                   body, "application/json", app)
+
+
+def _training_section(bench: Bench, steps: int) -> None:
+    """Train steps/s of each shipped config; x ceiling compares its images/s to inference."""
     from training.bench import training_steps_per_second
 
-    for name in ("quick", "full"):
-        result = training_steps_per_second(name, steps)
-        report.add(Figure("training", f"{name} config train steps", result["steps_per_s"],
-                          "steps/s", extra=result))
+    for config in sorted(TRAINING_CONFIGS.glob("*.yaml")):
+        result = training_steps_per_second(config, steps)
+        bench.report.add(Figure(
+            "training", f"{config.stem} config train steps", result["steps_per_second"],
+            "steps/s", result["images_per_second"] / bench.ceiling.best_images_per_s,
+            extra=result))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _prepare(root: Path) -> tuple[Workspace, LoadedModel]:
+    """Export the PRODUCT.md model once and publish that very SavedModel for the servers."""
+    config = UNetConfig()
+    saved_model = export_savedmodel(build_unet(config), root / "export")
+    models = root / "models"
+    repository = ModelRepository(str(models))
+    version = repository.publish("unet", saved_model, VersionMetadata(
+        model="unet", version=0, config={"model": config.model_dump()}))
+    repository.set_stage("unet", "production", version)
+    jpeg = root / "pet-500x375.jpg"
+    jpeg.write_bytes(pet_image(0))
+    logs = root / "logs"
+    logs.mkdir()
+    model = LoadedModel(saved_model, name="unet", version=version)
+    return Workspace(root, saved_model, models, jpeg, logs, config.input_size), model
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-report.json"))
     parser.add_argument("--seconds", type=float, default=3.0, help="per ceiling measurement")
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--skip", action="append", default=[], help="section to skip")
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
+    parser.add_argument("--nearby-seconds", type=float, default=2.0,
+                        help="ceiling re-measured before each load run (0: use the first)")
+    parser.add_argument("--load-seconds", type=float, default=8.0, help="per wrk run")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0, help="before each wrk run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-images", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
+    parser.add_argument("--only", action="append", default=[], choices=SECTIONS)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record py-spy profiles of the servers under load into this folder")
+    return parser.parse_args(argv)
 
-    report = Report(context={"model": "U-Net MobileNetV2 alpha 1.0, 128x128 (PRODUCT.md)"})
-    with tempfile.TemporaryDirectory() as tmp:
-        export = export_savedmodel(build_unet(UNetConfig()), Path(tmp) / "model")
-        model = LoadedModel(export, name="unet", version=1)
-        _ceiling_section(report, model, args.seconds)
-        if "training" not in args.skip:
-            _training_section(report, args.train_steps)
+
+def _context(wanted: list[str]) -> dict[str, object]:
+    return {
+        "model": "U-Net MobileNetV2 alpha 1.0, 128x128 (PRODUCT.md), untrained weights",
+        "image": "synthetic pet, 500x375 JPEG",
+        "load_generator": "wrk (C, one epoll thread, closed loop, keep-alive): light enough "
+                          "not to compete with the server for the 2 cores, unlike a Python "
+                          "generator; percentiles from its HDR histogram via a Lua done hook",
+        "x_ceiling": "images/s over the in-process best-batch throughput measured right "
+                     "before that run (extra.x_run_ceiling: over the first measurement)",
+        "cpu_ms": "server CPU per request (API or worker threads, plus Redis for cache hits); "
+                  "x_ceil_cpu = ceiling CPU per image / cpu_ms",
+        "api": "cache off (MASKFLEET_CACHE_ENABLED=false): every request runs the model",
+        "sections": wanted,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    configure_logging("WARNING")
+    wanted = [s for s in (args.only or SECTIONS) if s not in args.skip]
+    report = Report(context=_context(wanted))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="maskfleet-bench-") as tmp:
+        ws, model = _prepare(Path(tmp))
+        bench = Bench(report, model, _ceiling_section(report, model, args.seconds),
+                      args.concurrency, args.load_seconds, args.warmup_seconds,
+                      args.nearby_seconds, Profiler(args.profile))
+        with servers.running(servers.start_redis(ws.logs)) as redis:
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+            if "api" in wanted:
+                _api_section(bench, ws, redis_url)
+            if "cache" in wanted or "batch" in wanted:
+                with servers.running(servers.start_api(ws.logs, models=ws.models,
+                                                       redis_url=redis_url, cache=True)) as api:
+                    if "cache" in wanted:
+                        _cache_section(bench, api, redis, ws)
+                    if "batch" in wanted:
+                        _batch_section(bench, api, ws, redis_url, args.batch_images,
+                                       args.chunk_size)
+        if "baseline" in wanted:
+            _baseline_section(bench, ws)
+        if "training" in wanted:
+            _training_section(bench, args.train_steps)
+    report.context["bench_seconds"] = round(time.perf_counter() - started, 1)
     report.write_json(args.out)
     report.print_table()
-    print(f"report written to {args.out}")
+    print(f"report written to {args.out} in {report.context['bench_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -21,31 +21,36 @@ class Ceiling:
     best_batch_size: int
     best_images_per_s: float
     by_batch: dict[int, float]
+    best_cpu_ms_per_image: float
+    """Process CPU time per image at the best batch size: what serving one image must cost."""
 
 
-def _rate(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float]:
-    """Images/s and mean ms per call, running the signature for about `seconds`."""
+def _rate(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float, float]:
+    """Images/s, mean ms per call and CPU ms per image, running for about `seconds`."""
     images = np.random.default_rng(0).random(
         (batch, model.input_size, model.input_size, 3), dtype=np.float32
     )
     model.class_ids(images)
     calls = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds or calls < 3:
         model.class_ids(images)
         calls += 1
-    return calls * batch / elapsed, 1000 * elapsed / calls
+    cpu_ms = 1000 * (time.process_time() - cpu) / (calls * batch)
+    return calls * batch / elapsed, 1000 * elapsed / calls, cpu_ms
 
 
 def measure_ceiling(
     model: LoadedModel, batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32), seconds: float = 3.0
 ) -> Ceiling:
     by_batch: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}
     latency_ms = 0.0
     for batch in batch_sizes:
-        rate, ms = _rate(model, batch, seconds)
-        by_batch[batch] = rate
+        by_batch[batch], ms, cpu_ms[batch] = _rate(model, batch, seconds)
         if batch == 1:
             latency_ms = ms
     best = max(by_batch, key=by_batch.__getitem__)
-    return Ceiling(by_batch.get(1, 0.0), latency_ms, best, by_batch[best], by_batch)
+    return Ceiling(by_batch.get(1, 0.0), latency_ms, best, by_batch[best], by_batch,
+                   cpu_ms[best])

@@ -21,6 +21,14 @@ class Figure:
     unit: str
     ratio_to_ceiling: float | None = None
     target: str | None = None
+    met: bool | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_ms: float | None = None
+    """Server CPU time per request (all its threads, plus Redis where it serves)."""
+    cpu_ratio: float | None = None
+    """Ceiling CPU per image over `cpu_ms`: the share of the ceiling CPU alone allows."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -45,10 +53,21 @@ class Report:
 
     def print_table(self, console: Console | None = None) -> None:
         table = Table(title="maskfleet bench", show_lines=False)
-        for column in ("section", "figure", "value", "unit", "x ceiling", "target"):
-            numeric = column in ("value", "x ceiling")
-            table.add_column(column, justify="right" if numeric else "left")
+        numeric = ("value", "x ceiling", "cpu ms", "x ceil (cpu)", "p50 ms", "p95 ms",
+                   "p99 ms")
+        for column in ("section", "figure", "value", "unit", *numeric[1:], "target"):
+            table.add_column(column, justify="right" if column in numeric else "left")
         for f in self.figures:
-            ratio = "" if f.ratio_to_ceiling is None else f"{f.ratio_to_ceiling:.2f}"
-            table.add_row(f.section, f.name, f"{f.value:.2f}", f.unit, ratio, f.target or "")
-        (console or Console()).print(table)
+            verdict = "" if f.met is None else (" [green]met[/]" if f.met else " [red]missed[/]")
+            table.add_row(f.section, f.name, f"{f.value:.2f}", f.unit, _num(f.ratio_to_ceiling),
+                          _num(f.cpu_ms), _num(f.cpu_ratio), _num(f.p50_ms, 1),
+                          _num(f.p95_ms, 1), _num(f.p99_ms, 1), (f.target or "") + verdict)
+        if console is None:
+            console = Console()
+            if not console.is_terminal:
+                console = Console(width=200)  # a log or a pipe: do not wrap the figure names
+        console.print(table)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"

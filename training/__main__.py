@@ -72,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("training failed")
         _emit({"status": "error", "run_id": run_id, "error": exc.detail})
         return EXIT_FAILED
+    except Exception as exc:
+        log.exception("training failed unexpectedly")
+        _emit({"status": "error", "run_id": run_id, "error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
     if result.status == "rejected":
         print(f"quality gate: {result.summary['reason']}", file=sys.stderr)
     _emit({"status": result.status, **{k: v for k, v in result.summary.items()

@@ -168,12 +168,12 @@ def _describe(error: ErrorDetails) -> str:
         return "unknown field"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping"
-    if kind.startswith(("int_", "float_", "bool_", "string_")) and "input" in error:
-        wanted = error["msg"].replace("Input should be", "must be")
-        return f"{wanted}, got {error['input']!r}"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
-    return error["msg"].replace("Input should be", "must be").replace("String should", "must")
+    text = error["msg"].replace("Input should be", "must be").replace("String should", "must")
+    if kind.startswith(("int_", "float_", "bool_", "string_")) and "input" in error:
+        return f"{text}, got {error['input']!r}"
+    return text
 
 
 def _messages(exc: ValidationError) -> list[str]:

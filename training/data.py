@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +132,7 @@ def pull(pairs: Sequence[Pair], root: str, dest: Path, *, workers: int = 16) -> 
         return list(pool.map(one, pairs))
 
 
-def fingerprint(groups: dict[str, Sequence[LocalPair]]) -> str:
+def fingerprint(groups: Mapping[str, Sequence[LocalPair]]) -> str:
     """sha256 over (role, name, content digests): same bytes in the same splits, same print."""
     digest = hashlib.sha256()
     for role in sorted(groups):
@@ -172,9 +172,12 @@ def load_dataset(config: DataConfig, work_dir: Path) -> Dataset:
 
 
 def _scalar_bytes(value: object) -> bytes:
+    """tf.numpy_function hands scalar strings over as bytes or as 0-d object arrays."""
     if isinstance(value, np.ndarray):
         value = value.item()
-    return value if isinstance(value, bytes) else bytes(value)  # type: ignore[arg-type]
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return value
 
 
 def decode_pair(

@@ -141,7 +141,8 @@ def run(config: TrainingConfig, settings: TrainingSettings, run_id: str) -> JobR
                          "feedback": len(dataset.feedback)},
         }
         if not decision.passed:
-            log.warning("quality gate rejected the model", extra={**base, "reason": decision.reason})
+            log.warning("quality gate rejected the model",
+                        extra={**base, "reason": decision.reason})
             summary.update(status="rejected", version=None, stages=[],
                            total_seconds=round(time.perf_counter() - started, 2))
             return JobResult("rejected", summary, outcome.model)

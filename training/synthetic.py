@@ -101,7 +101,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Rgb:
             v = -xs * math.sin(turn) + ys * math.cos(turn)
             wave = np.sign(wave * np.sin(2 * math.pi * v / period))
         image += (wave * rng.uniform(6, 18))[..., None] * rng.uniform(0.5, 1.0, size=3)
-    return image.astype(np.float32)
+    return np.asarray(image, dtype=np.float32)
 
 
 def _ring(cx: float, cy: float, radii: Sequence[float], turn: float) -> Points:
@@ -126,7 +126,7 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, turn: float, n: int = 7
 def _pet_shapes(rng: np.random.Generator, kind: str, size: tuple[int, int]) -> list[Points]:
     """Polygons whose union is the pet, centred somewhere in the frame (sometimes cut off)."""
     width, height = size
-    radius = rng.uniform(0.2, 0.38) * min(width, height)
+    radius = rng.uniform(0.25, 0.42) * min(width, height)
     cx = rng.uniform(0.2, 0.8) * width
     cy = rng.uniform(0.2, 0.8) * height
     turn = rng.uniform(0, 2 * math.pi)

@@ -124,7 +124,6 @@ def build_trainee(config: TrainingConfig) -> Trainee:
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     class_weights = tf.constant(config.train.class_weights, tf.float32)
 
-    @tf.function
     def train_step(images: tf.Tensor, class_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
@@ -135,7 +134,10 @@ def build_trainee(config: TrainingConfig) -> Trainee:
         hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), class_ids)
         return loss, tf.reduce_mean(tf.cast(hits, tf.float32))
 
-    return Trainee(model, optimizer, step, train_step)
+    compiled: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] = tf.function(
+        train_step
+    )
+    return Trainee(model, optimizer, step, compiled)
 
 
 @dataclass(frozen=True)

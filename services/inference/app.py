@@ -20,12 +20,12 @@ from shared.repository import ModelRepository
 from .batcher import Batcher
 from .cache import ResultCache
 from .errors import install_error_handlers
-from .feedback import NoServedLog, ServedLog
+from .feedback import Feedback, RedisServedLog
 from .metrics import ApiMetrics
 from .middleware import RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
-from .routes import health, jobs, segment, v2
+from .routes import feedback, health, jobs, segment, v2
 from .settings import InferenceSettings
 
 
@@ -45,7 +45,8 @@ def create_app(
     cache = ResultCache.from_settings(settings, metrics, redis_client)
     segmenter = Segmenter(holder, batcher, cache, max_pixels=settings.max_pixels,
                           codec_threads=settings.codec_threads)
-    served_log: ServedLog = NoServedLog()  # issue 8 (feedback) keeps served masks here
+    served_log = RedisServedLog.from_settings(settings, redis_client)
+    corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +59,7 @@ def create_app(
             await batcher.stop()
             await holder.stop()
             segmenter.close()
+            await served_log.close()
             await cache.close()
 
     app = FastAPI(
@@ -72,12 +74,14 @@ def create_app(
     app.state.cache = cache
     app.state.segmenter = segmenter
     app.state.served_log = served_log
+    app.state.feedback = corrections
     app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
     install_error_handlers(app)
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)
     app.include_router(segment.router)
+    app.include_router(feedback.router)
     app.include_router(v2.router)
     app.include_router(jobs.router)
     return app

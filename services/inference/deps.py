@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .feedback import ServedLog
+from .feedback import Feedback, ServedLog
 from .metrics import ApiMetrics
 from .model_holder import ModelHolder
 from .pipeline import Segmenter
@@ -43,6 +43,11 @@ async def get_served_log(request: Request) -> ServedLog:
     return served_log
 
 
+async def get_feedback(request: Request) -> Feedback:
+    feedback: Feedback = request.app.state.feedback
+    return feedback
+
+
 async def get_request_id(request: Request) -> str:
     request_id: str = request.state.request_id
     return request_id
@@ -53,4 +58,5 @@ HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]
+FeedbackDep = Annotated[Feedback, Depends(get_feedback)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

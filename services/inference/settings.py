@@ -82,6 +82,25 @@ class InferenceSettings(ServiceSettings):
     """On SIGTERM, how long in-flight requests may take to finish before uvicorn gives up;
     keep it below the pod's terminationGracePeriodSeconds."""
 
+    feedback_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of /v1/segment answers kept (image, served mask, version) so that they can receive
+    a correction through /v1/feedback; 0 keeps none (every feedback is then a 404)."""
+
+    feedback_ttl_seconds: int = Field(default=86400, ge=1, le=30 * 24 * 3600)
+    """How long a kept answer can receive its correction."""
+
+    feedback_max_entries: int = Field(default=1000, ge=1)
+    """Most answers kept at once, the oldest dropped first: with max_entry_bytes it bounds the
+    Redis memory feedback uses. At R answers/s it also caps the time to correct at
+    max_entries / (R x sample_rate) seconds."""
+
+    feedback_max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Answers whose image plus mask are larger are not kept (their feedback gets a 404)."""
+
+    feedback_uri: str = "./var/data/feedback"
+    """Where corrected pairs are stored, in the dataset layout: `<dataset>/feedback`, the
+    prefix the retraining loader reads (the default is that of `make run`'s `./var/data`)."""
+
     @model_validator(mode="after")
     def _refuse_unsafe_serving_values(self) -> Self:
         if self.environment != "production":

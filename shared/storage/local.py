@@ -19,10 +19,6 @@ class LocalStorage:
     def _path(uri: str) -> Path:
         return Path(uri.removeprefix(_SCHEME))
 
-    @staticmethod
-    def _uri_like(template: str, path: Path) -> str:
-        return f"{_SCHEME}{path}" if template.startswith(_SCHEME) else str(path)
-
     def read(self, uri: str) -> bytes:
         try:
             return self._path(uri).read_bytes()
@@ -45,16 +41,24 @@ class LocalStorage:
         return self._path(uri).is_file()
 
     def list(self, prefix: str) -> list[str]:
+        """Object-store semantics, as on GCS: every file whose URI starts with `prefix`.
+
+        URIs come back spelled like `prefix` (`./var/x/...` stays `./var/x/...`), so callers
+        can strip the prefix they passed; hidden files (in-flight atomic writes) are skipped.
+        """
+        scheme = _SCHEME if prefix.startswith(_SCHEME) else ""
         raw = prefix.removeprefix(_SCHEME)
-        is_folder = raw.endswith("/") or Path(raw).is_dir()
-        base = Path(raw) if is_folder else Path(raw).parent
+        head, sep, stem = raw.rpartition("/")
+        base_text = head + sep
+        base = Path(base_text or ".")
         if not base.is_dir():
             return []
-        found = (
-            p for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and (is_folder or str(p).startswith(raw))
-        )
-        return sorted(self._uri_like(prefix, p) for p in found)
+        found = []
+        for path in base.rglob("*"):
+            relative = path.relative_to(base).as_posix()
+            if relative.startswith(stem) and not path.name.startswith(".") and path.is_file():
+                found.append(f"{scheme}{base_text}{relative}")
+        return sorted(found)
 
     def delete(self, uri: str) -> None:
         path = self._path(uri)

@@ -1,0 +1,138 @@
+"""Corrected masks for earlier answers: scored against what was served, stored for retraining.
+
+The score is the mean IoU over the trimap classes (pet, background, border) present in the
+served or the corrected mask: the definition training uses for held-out mean IoU
+(training/evaluate.py), so live and offline quality read on one scale. A class in neither mask
+has no IoU and stays out of the mean; identical masks score 1.
+
+The pair lands in the dataset layout under the feedback prefix, where the retraining loader
+reads it: `<feedback>/images/<name>.jpg|png` holds the bytes the client sent (training decodes
+exactly what serving decoded) and `<feedback>/annotations/trimaps/<name>.png` the correction,
+written last because the loader only pairs names that have both files. `<name>` is the request
+id. Decoding, scoring and storage writes run in threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+from shared.errors import InvalidMask, MaskfleetError, StorageError
+from shared.imaging import CLASS_NAMES, Mask, decode_mask, encode_png
+from shared.storage import join, storage_for
+
+from ..metrics import ApiMetrics
+from .served import RequestNotKept, ServedMask
+
+log = logging.getLogger(__name__)
+
+
+class ServedEntries(Protocol):
+    """The answers kept for feedback (`RedisServedLog`)."""
+
+    async def find(self, request_id: str) -> ServedMask | None: ...
+
+    async def claim(self, request_id: str) -> None: ...
+
+    async def release(self, served: ServedMask) -> None: ...
+
+
+class FeedbackReceipt(BaseModel):
+    """`POST /v1/feedback`: what the correction was scored against."""
+
+    request_id: str = Field(description="The /v1/segment request the correction is for")
+    model: str
+    version: int = Field(description="Model version that served the corrected mask")
+    iou: float = Field(description="Mean IoU over the classes between the served and the "
+                                   "corrected mask (1 = the served mask was right)")
+
+
+def mask_iou(served: Mask, corrected: Mask) -> float:
+    """Mean IoU over the classes present in either trimap (values 1..3)."""
+    ious = []
+    for value in range(1, len(CLASS_NAMES) + 1):
+        a, b = served == value, corrected == value
+        union = int(np.count_nonzero(a | b))
+        if union:
+            ious.append(np.count_nonzero(a & b) / union)
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def read_correction(data: bytes, size: tuple[int, int]) -> Mask:
+    """The corrected trimap, refusing (422) a wrong size from the header, before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        found = None
+    if found is not None and found != size:
+        raise InvalidMask(f"the mask is {found[0]}x{found[1]}; the served mask (the image's "
+                          f"resolution) is {size[0]}x{size[1]}")
+    return decode_mask(data, size)
+
+
+def score(served_png: bytes, corrected_png: bytes) -> tuple[Mask, float]:
+    """The validated correction and its IoU against the served mask."""
+    served = np.asarray(Image.open(io.BytesIO(served_png)), dtype=np.uint8)
+    corrected = read_correction(corrected_png, (served.shape[1], served.shape[0]))
+    return corrected, mask_iou(served, corrected)
+
+
+def image_kind(data: bytes) -> tuple[str, str]:
+    """File suffix and content type of a served image (only JPEG and PNG are served)."""
+    return (".png", "image/png") if data.startswith(b"\x89PNG") else (".jpg", "image/jpeg")
+
+
+def dataset_name(request_id: str) -> str:
+    """The request id, made visible to listings that skip dot files (ids may start with '.')."""
+    return request_id if request_id[:1].isalnum() else f"_{request_id}"
+
+
+class Feedback:
+    """Receives corrections: find the answer, validate and score, claim it once, store, count."""
+
+    def __init__(self, served: ServedEntries, metrics: ApiMetrics, *, uri: str) -> None:
+        self._served = served
+        self._metrics = metrics
+        self._uri = uri.rstrip("/")
+
+    def pair_uris(self, served: ServedMask) -> tuple[str, str]:
+        """Where the image and the trimap of a correction go."""
+        name = dataset_name(served.request_id)
+        suffix, _ = image_kind(served.image)
+        return (join(self._uri, "images", name + suffix),
+                join(self._uri, "annotations", "trimaps", name + ".png"))
+
+    async def receive(self, request_id: str, mask_png: bytes) -> FeedbackReceipt:
+        served = await self._served.find(request_id)
+        if served is None:
+            raise RequestNotKept(request_id)
+        corrected, iou = await asyncio.to_thread(score, served.mask_png, mask_png)
+        await self._served.claim(request_id)
+        try:
+            await asyncio.to_thread(self._store, served, corrected)
+        except (MaskfleetError, OSError) as exc:
+            await self._served.release(served)
+            if isinstance(exc, MaskfleetError):
+                raise
+            raise StorageError(f"storing the corrected pair failed: {exc}") from None
+        version = str(served.version)
+        self._metrics.feedback.labels(version).inc()
+        self._metrics.feedback_iou.labels(version).observe(iou)
+        log.info("feedback stored", extra={"for_request_id": request_id, "model": served.model,
+                                           "version": served.version, "iou": round(iou, 4)})
+        return FeedbackReceipt(request_id=request_id, model=served.model,
+                               version=served.version, iou=round(iou, 6))
+
+    def _store(self, served: ServedMask, corrected: Mask) -> None:
+        image_uri, trimap_uri = self.pair_uris(served)
+        _, content_type = image_kind(served.image)
+        storage = storage_for(self._uri)
+        storage.write(image_uri, served.image, content_type)
+        storage.write(trimap_uri, encode_png(corrected), "image/png")

@@ -1,0 +1,118 @@
+"""`POST /v1/feedback`: a corrected mask for an earlier /v1/segment answer.
+
+Two ways to send it, as /v1/segment takes images:
+- raw PNG body (`Content-Type: image/png`) with the answer's id in the query:
+  `curl --data-binary @fixed.png -H 'Content-Type: image/png' '.../v1/feedback?request_id=ID'`
+- multipart with a `request_id` field and a `mask` file:
+  `curl -F request_id=ID -F mask=@fixed.png .../v1/feedback`
+The id is the `X-Request-Id` of the /v1/segment response, in the query or the form (both
+must agree when both are given). The mask is a trimap PNG (1 pet, 2 background,
+3 border) at the image's resolution, i.e. the served mask's size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from shared.errors import (
+    EmptyBody,
+    InvalidRequest,
+    MalformedMultipart,
+    UnsupportedMediaType,
+)
+
+from ..body import MULTIPART, media_type, read_body
+from ..deps import FeedbackDep, SettingsDep
+from ..errors import PROBLEM_JSON
+from ..feedback import FeedbackReceipt
+
+router = APIRouter(tags=["feedback"])
+
+ID_FIELD, MASK_FIELD = "request_id", "mask"
+RAW_MASK_TYPES = frozenset({"image/png", "application/octet-stream"})
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+"""The ids /v1/segment hands out (the same rule its middleware applies to incoming ids)."""
+
+_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": [ID_FIELD, MASK_FIELD],
+        "properties": {ID_FIELD: {"type": "string"},
+                       MASK_FIELD: {"type": "string", "format": "binary"}}}},
+}}}
+_PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
+
+
+@router.post(
+    "/v1/feedback",
+    summary="Send a corrected mask for an earlier /v1/segment answer",
+    openapi_extra=_REQUEST_BODY,
+    responses={status: {"description": title, **_PROBLEM} for status, title in (
+        (400, "Empty body, malformed multipart"),
+        (404, "No answer kept for that id: unknown, not sampled, too large or expired"),
+        (409, "That answer already received a correction"), (413, "Too many bytes"),
+        (415, "Not PNG or multipart"),
+        (422, "Missing or invalid request id; mask not a trimap PNG of the served size"),
+        (502, "Storing the pair failed"), (503, "The feedback store (Redis) is unavailable"))},
+)
+async def feedback(
+    request: Request,
+    corrections: FeedbackDep,
+    settings: SettingsDep,
+    request_id: Annotated[str | None, Query(
+        description="`X-Request-Id` of the /v1/segment response being corrected")] = None,
+) -> FeedbackReceipt:
+    target, mask = await read_correction(request, settings.max_body_bytes, request_id)
+    return await corrections.receive(target, mask)
+
+
+async def read_correction(request: Request, limit: int,
+                          query_id: str | None) -> tuple[str, bytes]:
+    """The request id and the mask bytes, from a raw PNG body or a multipart form."""
+    kind = media_type(request.headers)
+    if kind not in RAW_MASK_TYPES and kind != MULTIPART:
+        raise UnsupportedMediaType(
+            f"content type {kind or '(none)'!r} is not accepted; send image/png with "
+            f"?{ID_FIELD}=..., or multipart/form-data with `{ID_FIELD}` and `{MASK_FIELD}`")
+    body = await read_body(request, limit)
+    form_id = None
+    if kind == MULTIPART:
+        form_id, body = await _form(request.headers, body)
+    if query_id is not None and form_id is not None and query_id != form_id:
+        raise InvalidRequest(f"{ID_FIELD} differs between the query and the form")
+    target = form_id or query_id
+    if not target:
+        raise InvalidRequest(f"{ID_FIELD}: required (the X-Request-Id of the /v1/segment "
+                             "response being corrected)")
+    if not _VALID_ID.match(target):
+        raise InvalidRequest(f"{ID_FIELD}: not a request id maskfleet hands out")
+    if not body:
+        raise EmptyBody("the mask is empty (0 bytes)")
+    return target, body
+
+
+async def _form(headers: Headers, body: bytes) -> tuple[str | None, bytes]:
+    async def once() -> AsyncIterator[bytes]:
+        yield body
+
+    if not body:
+        raise EmptyBody("the multipart body is empty")
+    parser = MultiPartParser(headers, once(), max_files=2, max_fields=8)  # type: ignore[arg-type]
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise MalformedMultipart(str(exc)) from None
+    try:
+        field, part = form.get(ID_FIELD), form.get(MASK_FIELD)
+        if not isinstance(part, UploadFile):
+            raise InvalidRequest(f"send the mask as a file part named `{MASK_FIELD}` "
+                                 f"(curl -F {MASK_FIELD}=@fixed.png)")
+        return (field if isinstance(field, str) else None), await part.read()
+    finally:
+        await form.close()

@@ -1,0 +1,151 @@
+"""What /v1/segment keeps for feedback: sampled, bounded per entry, written in the background,
+and never a problem for the answer when Redis fails. (The max-entries bound and the expiry run
+in Redis itself: tests/integration/test_feedback_e2e.py checks them against a real server.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from services.inference.feedback.served import (
+    CLAIMED,
+    INDEX_KEY,
+    AlreadyCorrected,
+    FeedbackUnavailable,
+    RedisServedLog,
+    ServedMask,
+    entry_key,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def served(request_id: str = "r1", image: bytes = b"\xff\xd8\xff image", version: int = 3
+           ) -> ServedMask:
+    return ServedMask(request_id, "unet", version, image, "ab" * 32, b"\x89PNG mask", False)
+
+
+class RecordingRedis:
+    """Records the keep script's calls; `gate` holds them until released; GET reads `data`."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[object, ...]] = []
+        self.data: dict[str, bytes] = {}
+        self.error: Exception | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def eval(self, script: str, numkeys: int, *args: object) -> object:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error:
+            raise self.error
+        self.kept.append(args)
+        key, record = str(args[0]), args[numkeys]
+        assert isinstance(record, bytes)
+        self.data[key] = record
+        return 0
+
+    async def get(self, key: str) -> bytes | None:
+        if self.error:
+            raise self.error
+        return self.data.get(key)
+
+
+def values(*draws: float) -> Iterator[float]:
+    return iter(draws)
+
+
+def make_log(client: RecordingRedis, *, rate: float = 1.0, max_entry_bytes: int = 10_000,
+             draws: Iterator[float] | None = None) -> RedisServedLog:
+    sample = (lambda: next(draws)) if draws is not None else (lambda: 0.0)
+    return RedisServedLog(client, sample_rate=rate, ttl_seconds=600, max_entries=50,  # type: ignore[arg-type]
+                          max_entry_bytes=max_entry_bytes, retry_seconds=3600, sample=sample)
+
+
+async def settle(log: RedisServedLog) -> None:
+    await log.close()  # waits for the background writes
+
+
+async def test_a_kept_answer_is_stored_under_its_request_id_with_ttl_and_bound():
+    client = RecordingRedis()
+    log = make_log(client)
+    await log.remember(served("abc"))
+    await settle(log)
+    ((key, index, record, ttl, max_entries),) = client.kept
+    assert (key, index, ttl, max_entries) == (entry_key("abc"), INDEX_KEY, 600, 50)
+    assert ServedMask.from_bytes(record) == served("abc")  # type: ignore[arg-type]
+
+
+async def test_the_sample_rate_decides_which_answers_are_kept():
+    client = RecordingRedis()
+    log = make_log(client, rate=0.25, draws=values(0.1, 0.3, 0.24, 0.99, 0.25))
+    for n in range(5):
+        await log.remember(served(f"r{n}"))
+    await settle(log)
+    assert [args[0] for args in client.kept] == [entry_key("r0"), entry_key("r2")]
+
+
+async def test_a_zero_rate_keeps_nothing():
+    client = RecordingRedis()
+    log = make_log(client, rate=0.0)
+    await log.remember(served())
+    await settle(log)
+    assert client.kept == []
+
+
+async def test_answers_above_the_entry_bound_are_not_kept():
+    client = RecordingRedis()
+    log = make_log(client, max_entry_bytes=2048)
+    await log.remember(served("small", image=b"x" * 1000))
+    await log.remember(served("large", image=b"x" * 3000))
+    await settle(log)
+    assert [args[0] for args in client.kept] == [entry_key("small")]
+
+
+async def test_the_answer_does_not_wait_for_redis_but_feedback_does():
+    client = RecordingRedis()
+    client.gate = asyncio.Event()
+    log = make_log(client)
+    with anyio.fail_after(10):
+        await log.remember(served("slow"))  # returns while the write is blocked
+    assert client.kept == []
+    # the write is released only once the lookup is under way: a lookup that did not wait for
+    # its entry would read Redis first and find nothing
+    asyncio.get_running_loop().call_soon(client.gate.set)
+    with anyio.fail_after(10):
+        assert await log.find("slow") == served("slow")
+
+
+async def test_a_redis_failure_is_swallowed_and_redis_left_alone_for_a_while():
+    client = RecordingRedis()
+    client.error = RedisConnectionError("refused")
+    log = make_log(client)
+    await log.remember(served("first"))
+    await settle(log)
+    client.error = None
+    await log.remember(served("during-bypass"))
+    await settle(log)
+    assert client.kept == []
+
+
+async def test_lookups_tell_unknown_corrected_and_unavailable_apart():
+    client = RecordingRedis()
+    log = make_log(client)
+    client.data[entry_key("done")] = CLAIMED
+    assert await log.find("never-seen") is None
+    with pytest.raises(AlreadyCorrected):
+        await log.find("done")
+    client.error = RedisConnectionError("refused")
+    with pytest.raises(FeedbackUnavailable) as raised:
+        await log.find("anything")
+    assert raised.value.status == 503
+
