@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.inference.feedback.served import (
     CLAIMED,
     INDEX_KEY,
+    MAX_PENDING_WRITES,
     AlreadyCorrected,
     FeedbackUnavailable,
     RedisServedLog,
@@ -149,3 +150,18 @@ async def test_lookups_tell_unknown_corrected_and_unavailable_apart():
         await log.find("anything")
     assert raised.value.status == 503
 
+
+
+async def test_a_stalled_redis_cannot_pile_up_images_in_memory():
+    client = RecordingRedis()
+    client.gate = asyncio.Event()  # every write hangs
+    log = make_log(client)
+    for n in range(MAX_PENDING_WRITES + 5):
+        await log.remember(served(f"r{n}"))
+    assert len(log._pending) == MAX_PENDING_WRITES
+    client.gate.set()
+    await settle(log)
+    assert len(client.kept) == MAX_PENDING_WRITES
+    await log.remember(served("after"))  # still leaving Redis alone for retry_seconds
+    await settle(log)
+    assert len(client.kept) == MAX_PENDING_WRITES

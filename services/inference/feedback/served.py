@@ -199,9 +199,8 @@ class RedisServedLog:
         """Start keeping `served` if it is wanted; returns without waiting for Redis."""
         if not self.wanted(served):
             return
-        if len(self._pending) >= MAX_PENDING_WRITES:
-            log.warning("too many feedback writes in flight; not keeping this answer",
-                        extra={"request_id": served.request_id})
+        if len(self._pending) >= MAX_PENDING_WRITES:  # Redis is too slow: leave it alone too
+            self._failed("keep", TimeoutError(f"{MAX_PENDING_WRITES} writes still in flight"))
             return
         request_id = served.request_id
         task = asyncio.create_task(self._keep(served), name=f"keep-served-{request_id}")
