@@ -70,6 +70,7 @@ class Bench:
     warmup_seconds: float
     nearby_seconds: float
     profiler: Profiler
+    api_env: dict[str, str]
 
     def nearby_ceiling(self) -> float:
         """The ceiling (best batch size) again, now, next to the figure it divides."""
@@ -143,7 +144,7 @@ def _check_segment(url: str, jpeg: bytes, cache: str) -> None:
 def _api_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
     """Distinct work per request: the cache is off, so every request runs the model."""
     with servers.running(servers.start_api(ws.logs, models=ws.models, redis_url=redis_url,
-                                           cache=False)) as api:
+                                           cache=False, extra_env=bench.api_env)) as api:
         _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
         figures = bench.load("api", "segment 500x375 JPEG, cache off", f"{api.url}/v1/segment",
                              ws.jpeg, "image/jpeg", api)
@@ -250,12 +251,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
     parser.add_argument("--only", action="append", default=[], choices=SECTIONS)
+    parser.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the API, e.g. MASKFLEET_BATCH_MAX_SIZE=32")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record py-spy profiles of the servers under load into this folder")
     return parser.parse_args(argv)
 
 
-def _context(wanted: list[str]) -> dict[str, object]:
+def _context(wanted: list[str], api_env: list[str]) -> dict[str, object]:
     return {
         "model": "U-Net MobileNetV2 alpha 1.0, 128x128 (PRODUCT.md), untrained weights",
         "image": "synthetic pet, 500x375 JPEG",
@@ -268,6 +271,7 @@ def _context(wanted: list[str]) -> dict[str, object]:
                   "x_ceil_cpu = ceiling CPU per image / cpu_ms",
         "api": "cache off (MASKFLEET_CACHE_ENABLED=false): every request runs the model",
         "sections": wanted,
+        "api_env": api_env,
     }
 
 
@@ -275,20 +279,22 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     configure_logging("WARNING")
     wanted = [s for s in (args.only or SECTIONS) if s not in args.skip]
-    report = Report(context=_context(wanted))
+    report = Report(context=_context(wanted, args.api_env))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maskfleet-bench-") as tmp:
         ws, model = _prepare(Path(tmp))
         bench = Bench(report, model, _ceiling_section(report, model, args.seconds),
                       args.concurrency, args.load_seconds, args.warmup_seconds,
-                      args.nearby_seconds, Profiler(args.profile))
+                      args.nearby_seconds, Profiler(args.profile),
+                      dict(item.split("=", 1) for item in args.api_env))
         with servers.running(servers.start_redis(ws.logs)) as redis:
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
             if "api" in wanted:
                 _api_section(bench, ws, redis_url)
             if "cache" in wanted or "batch" in wanted:
-                with servers.running(servers.start_api(ws.logs, models=ws.models,
-                                                       redis_url=redis_url, cache=True)) as api:
+                with servers.running(servers.start_api(
+                        ws.logs, models=ws.models, redis_url=redis_url, cache=True,
+                        extra_env=bench.api_env)) as api:
                     if "cache" in wanted:
                         _cache_section(bench, api, redis, ws)
                     if "batch" in wanted:

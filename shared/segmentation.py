@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,13 @@ from shared.repository import ModelRepository
 
 @dataclass(frozen=True)
 class Segmentation:
+    """A mask whose PNG and class fractions are computed on first use, then kept.
+
+    Not `functools.cached_property`: on Python 3.11 it holds one lock per class while it
+    computes, so threads encoding different masks (the API's codec pool, the worker's I/O
+    threads) waited for one another. Two threads computing the same value both get equal bytes.
+    """
+
     mask: Mask
 
     @property
@@ -39,13 +45,21 @@ class Segmentation:
     def height(self) -> int:
         return int(self.mask.shape[0])
 
-    @cached_property
+    @property
     def png(self) -> bytes:
-        return encode_png(self.mask)
+        png: bytes | None = self.__dict__.get("_png")
+        if png is None:
+            png = encode_png(self.mask)
+            object.__setattr__(self, "_png", png)
+        return png
 
-    @cached_property
+    @property
     def fractions(self) -> dict[str, float]:
-        return dict(class_fractions(self.mask))
+        fractions: dict[str, float] | None = self.__dict__.get("_fractions")
+        if fractions is None:
+            fractions = dict(class_fractions(self.mask))
+            object.__setattr__(self, "_fractions", fractions)
+        return fractions
 
 
 @dataclass(frozen=True)

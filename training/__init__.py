@@ -1,0 +1,1 @@
+"""The retraining job: synthetic data, loader, trainer, evaluation, gate and publish."""

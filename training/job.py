@@ -77,7 +77,7 @@ def _production_mean_iou(repository: ModelRepository, model: str, version: int,
         local = repository.download(model, version, cache_dir)
         loaded = LoadedModel(local, name=model, version=version)
         return evaluate(loaded, dataset.validation)["mean_iou"]
-    except (MaskfleetError, ValueError, tf.errors.OpError) as exc:
+    except (MaskfleetError, KeyError, OSError, ValueError, tf.errors.OpError) as exc:
         log.warning("could not re-evaluate production; using its recorded mean IoU",
                     extra={"version": version, "error": str(exc)})
         recorded = repository.metadata(model, version).metrics.get("mean_iou")

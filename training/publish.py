@@ -60,19 +60,17 @@ def published_by(repository: ModelRepository, model: str, run_id: str) -> int | 
 
 
 def ensure_stages(repository: ModelRepository, model: str, version: int) -> list[str]:
-    """Point `candidate` (and `production` when unset) at a version this run published.
+    """Finish the staging of a version this run published before it was interrupted.
 
-    Used after a restart found the run's version already published: stages that are already
-    set belong to someone newer and are left alone.
+    `candidate` moves to it unless it already points at something newer; `production` is only
+    set when there is none, exactly as a run that had not been interrupted would have done.
     """
-    stages = []
-    for stage in (CANDIDATE, PRODUCTION):
-        current = repository.stage(model, stage)
-        if current is None:
-            repository.set_stage(model, stage, version)
-        if repository.stage(model, stage) == version:
-            stages.append(stage)
-    return stages
+    candidate = repository.stage(model, CANDIDATE)
+    if candidate is None or candidate < version:
+        repository.set_stage(model, CANDIDATE, version)
+    if repository.stage(model, PRODUCTION) is None:
+        repository.set_stage(model, PRODUCTION, version)
+    return [s for s in (CANDIDATE, PRODUCTION) if repository.stage(model, s) == version]
 
 
 def publish(repository: ModelRepository, model: str, export_dir: Path,

@@ -10,7 +10,6 @@ a crash during export, evaluation or publish does not retrain.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from pydantic import BaseModel, Field
 
 from shared.errors import ConfigError, ObjectNotFound
 from shared.model.unet import build_unet
@@ -29,6 +29,15 @@ from training.config import TrainConfig, TrainingConfig
 LATEST = "latest.json"
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointPointer(BaseModel):
+    """`latest.json`: the newest checkpoint whose files are all uploaded."""
+
+    step: int
+    prefix: str
+    files: list[str]
+    saved_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class CheckpointStore:
@@ -43,9 +52,11 @@ class CheckpointStore:
         local.mkdir(parents=True, exist_ok=True)
         self.manager = tf.train.CheckpointManager(checkpoint, str(local), max_to_keep=keep)
 
-    def latest(self) -> dict[str, object] | None:
+    def latest(self) -> CheckpointPointer | None:
         try:
-            return dict(json.loads(self.storage.read(join(self.remote, LATEST))))
+            return CheckpointPointer.model_validate_json(
+                self.storage.read(join(self.remote, LATEST))
+            )
         except ObjectNotFound:
             return None
 
@@ -54,19 +65,18 @@ class CheckpointStore:
         latest = self.latest()
         if latest is None:
             return None
-        prefix = str(latest["prefix"])
-        files = [str(name) for name in latest["files"]]  # type: ignore[attr-defined]
-        for name in files:
+        for name in latest.files:
             data = self.storage.read(join(self.remote, name))
             (self.local / name).write_bytes(data)
         try:
-            self.checkpoint.restore(str(self.local / prefix)).assert_existing_objects_matched()
+            restored = self.checkpoint.restore(str(self.local / latest.prefix))
+            restored.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
             raise ConfigError(
-                f"checkpoint {join(self.remote, prefix)} does not fit this model config "
+                f"checkpoint {join(self.remote, latest.prefix)} does not fit this model config "
                 f"(same run id, different model?): {exc}"
             ) from None
-        return int(str(latest["step"]))
+        return latest.step
 
     def save(self, step: int) -> str:
         """Save locally, upload, then point `latest.json` at it and drop old remote files."""
@@ -74,9 +84,8 @@ class CheckpointStore:
         files = sorted(p.name for p in self.local.glob(f"{path.name}.*"))
         for name in files:
             self.storage.write(join(self.remote, name), (self.local / name).read_bytes())
-        pointer = {"step": step, "prefix": path.name, "files": files,
-                   "saved_at": datetime.now(UTC).isoformat()}
-        self.storage.write(join(self.remote, LATEST), json.dumps(pointer).encode(),
+        pointer = CheckpointPointer(step=step, prefix=path.name, files=files)
+        self.storage.write(join(self.remote, LATEST), pointer.model_dump_json().encode(),
                            "application/json")
         kept = {Path(p).name for p in self.manager.checkpoints}
         for uri in self.storage.list(folder(self.remote)):
@@ -87,10 +96,10 @@ class CheckpointStore:
         return path.name
 
     def delete_remote(self) -> None:
-        for uri in self.storage.list(folder(self.remote)):
-            if basename(uri) != LATEST:
-                self.storage.delete(uri)
+        """Pointer first: a crash half-way leaves orphans, never a pointer to missing files."""
         self.storage.delete(join(self.remote, LATEST))
+        for uri in self.storage.list(folder(self.remote)):
+            self.storage.delete(uri)
 
 
 def learning_rate(config: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:

@@ -6,6 +6,7 @@ uvicorn owns SIGTERM/SIGINT: it stops accepting connections, lets in-flight requ
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -26,8 +27,10 @@ def main() -> None:
         logging.getLogger(__name__).error("invalid settings", extra={"errors": exc.errors()})
         sys.exit(2)
     configure_logging(settings.log_level)
+    app = create_app(settings)
+    _freeze_heap()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -36,6 +39,17 @@ def main() -> None:
         timeout_graceful_shutdown=round(settings.shutdown_timeout_seconds),
     )
     uvicorn.Server(config).run()
+
+
+def _freeze_heap() -> None:
+    """Hide the ~350k objects the imports leave (TensorFlow, Keras, FastAPI) from the collector.
+
+    They live as long as the process, yet every full collection walked them again: a pause of
+    250+ ms with the event loop stopped, the p99 spikes under load. Request garbage is still
+    collected as before; only what exists now (after one last collection) is frozen.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
 """Micro-batching: concurrent requests share one model call.
 
 One model call per request leaves the CPU at ~40% of what batched calls reach (MACHINE.md).
-Requests queue their preprocessed pixels; a collector task takes the first one, waits at most
-`batch_max_wait_ms` (counted from that image's arrival) for more, and runs the batch in one
-dedicated thread: TensorFlow already uses both cores, so a second model thread would only
-oversubscribe them. While a batch runs the next one accumulates, so under load batches fill
-up without any extra waiting. A request's images are never split across batches, so a whole
-response comes from one model version.
+Requests queue their preprocessed pixels; one dedicated model thread takes the first, waits at
+most `batch_max_wait_ms` (counted from that image's arrival) for more, and runs the batch:
+TensorFlow already uses both cores, so a second model thread would only oversubscribe them.
+While a batch runs the next one accumulates, so under load batches fill up without any extra
+waiting. A request's images are never split across batches, so a whole response comes from one
+model version.
+
+The model thread forms its own batches instead of the event loop doing it: when a call ends it
+picks up what queued meanwhile at once, without waiting for the busy event loop (and the GIL
+hand-offs) to notice, so the model idles less between calls. Results go back to the event loop
+in one callback per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +48,9 @@ class StaleInput(Exception):
     """The served version changed input size after these pixels were prepared: redo them."""
 
 
+Outcome = BatchResult | BaseException
+
+
 @dataclass
 class _Item:
     pixels: npt.NDArray[np.float32]
@@ -56,115 +65,115 @@ class Batcher:
         self._metrics = metrics
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        self._carry: _Item | None = None
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._task: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     @property
     def queued(self) -> int:
-        """Requests waiting for the collector (not yet in a forming batch)."""
+        """Requests waiting for the model thread (not yet in a forming batch)."""
         return self._queue.qsize()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._collect(), name="batcher")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._collect, name="model", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
         """Refuse new work, run everything already queued, then stop."""
         self._closing = True
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-        self._model_thread.shutdown(wait=False)
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
 
     async def run(self, pixels: npt.NDArray[np.float32]) -> BatchResult:
         """Segment `[k, S, S, 3]` pixels of one request within some batch."""
         if self._closing:
             raise ModelNotReady("the server is shutting down")
         self._holder.require()
-        loop = asyncio.get_running_loop()
-        item = _Item(pixels, loop.create_future(), loop.time())
-        self._queue.put_nowait(item)
+        item = _Item(pixels, asyncio.get_running_loop().create_future(), time.monotonic())
+        self._queue.put(item)
         return await item.future
 
-    async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _collect(self) -> None:
+        """The model thread: form a batch from the queue, run it, repeat until stopped."""
+        carry: _Item | None = None
         stopping = False
         while not stopping:
-            first = self._carry or await self._queue.get()
-            self._carry = None
+            first = carry or self._queue.get()
+            carry = None
             if first is None:
                 return
             batch, count = [first], len(first.pixels)
             deadline = first.enqueued + self._max_wait
             while count < self._max_size:
                 try:
-                    nxt = await self._next(deadline - loop.time())
-                except TimeoutError:
+                    nxt = self._next(deadline - time.monotonic())
+                except queue.Empty:
                     break
                 if nxt is None:
                     stopping = True
                     break
                 if count + len(nxt.pixels) > self._max_size:
-                    self._carry = nxt
+                    carry = nxt
                     break
                 batch.append(nxt)
                 count += len(nxt.pixels)
-            await self._dispatch(batch)
-            if stopping and self._carry is not None:
-                await self._dispatch([self._carry])
+            self._dispatch(batch)
+            if stopping and carry is not None:
+                self._dispatch([carry])
 
-    async def _next(self, timeout: float) -> _Item | None:
-        """The next queued item, waiting at most `timeout` s for one (else TimeoutError)."""
-        try:
+    def _next(self, timeout: float) -> _Item | None:
+        """The next queued item, waiting at most `timeout` s for one (else queue.Empty)."""
+        if timeout <= 0:
             return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            if timeout <= 0:
-                raise TimeoutError from None
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        return self._queue.get(timeout=timeout)
 
-    async def _dispatch(self, batch: list[_Item]) -> None:
-        """Run one batch; whatever goes wrong ends up in its requests, never in the collector."""
+    def _dispatch(self, batch: list[_Item]) -> None:
+        """Run one batch; whatever goes wrong ends up in its requests, never in the thread."""
         try:
-            await self._run_batch(batch)
+            outcomes = self._run_batch(batch)
         except Exception as exc:
             log.exception("batch failed", extra={"requests": len(batch)})
-            for item in batch:
-                _settle(item, exc)
+            outcomes = [exc] * len(batch)
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle_all, list(zip(batch, outcomes, strict=True)))
+        except RuntimeError:  # the event loop is closed: nobody waits for these any more
+            log.warning("dropping results for a closed event loop")
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    def _run_batch(self, batch: list[_Item]) -> list[Outcome]:
         served = self._holder.require()
         size = served.input_size
-        for item in batch:
-            if item.pixels.shape[1:3] != (size, size):
-                _settle(item, StaleInput())
-        batch = [item for item in batch if not item.future.done()]
-        if not batch:
-            return
-        loop = asyncio.get_running_loop()
-        version = str(served.version)
-        now = loop.time()
-        for item in batch:
-            self._metrics.batch_queue.labels(version).observe(now - item.enqueued)
-        images = np.concatenate([item.pixels for item in batch]) if len(batch) > 1 \
-            else batch[0].pixels
-        started = time.perf_counter()
-        ids = await loop.run_in_executor(self._model_thread, served.model.class_ids, images)
-        self._metrics.model_inference.labels(version).observe(time.perf_counter() - started)
-        self._metrics.batch_size.labels(version).observe(len(images))
-        offset = 0
-        for item in batch:
-            k = len(item.pixels)
-            _settle(item, BatchResult(ids[offset:offset + k], served.name, served.version, size))
-            offset += k
+        fresh = [item for item in batch if item.pixels.shape[1:3] == (size, size)]
+        results: dict[int, BatchResult] = {}
+        if fresh:
+            version = str(served.version)
+            now = time.monotonic()
+            for item in fresh:
+                self._metrics.batch_queue.labels(version).observe(now - item.enqueued)
+            images = np.concatenate([item.pixels for item in fresh]) if len(fresh) > 1 \
+                else fresh[0].pixels
+            started = time.perf_counter()
+            ids = served.model.class_ids(images)
+            self._metrics.model_inference.labels(version).observe(time.perf_counter() - started)
+            self._metrics.batch_size.labels(version).observe(len(images))
+            offset = 0
+            for item in fresh:
+                k = len(item.pixels)
+                results[id(item)] = BatchResult(ids[offset:offset + k], served.name,
+                                                served.version, size)
+                offset += k
+        return [results.get(id(item)) or StaleInput() for item in batch]
 
 
-def _settle(item: _Item, outcome: BatchResult | BaseException) -> None:
-    """Resolve a request's future unless its client already gave up (cancelled)."""
-    if item.future.done():
-        return
-    if isinstance(outcome, BaseException):
-        item.future.set_exception(outcome)
-    else:
-        item.future.set_result(outcome)
+def _settle_all(settled: list[tuple[_Item, Outcome]]) -> None:
+    """Resolve the requests' futures on their event loop, unless a client gave up (cancelled)."""
+    for item, outcome in settled:
+        if item.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome)

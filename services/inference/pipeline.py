@@ -113,11 +113,15 @@ class Segmenter:
         """Decode (in parallel) and batch; decode again if a swap changed the input size."""
         for attempt in (1, 2):
             size = self._holder.require().input_size
-            prepared = await asyncio.gather(
-                *(self._off_loop(prepare, blob, size, self._max_pixels) for blob in blobs))
+            if len(blobs) == 1:  # /v1/segment: no task for gather to create, no copy to stack
+                prepared = [await self._off_loop(prepare, blobs[0], size, self._max_pixels)]
+                pixels = prepared[0].pixels[np.newaxis]
+            else:
+                prepared = await asyncio.gather(
+                    *(self._off_loop(prepare, blob, size, self._max_pixels) for blob in blobs))
+                pixels = np.stack([p.pixels for p in prepared])
             try:
-                return prepared, await self._batcher.run(
-                    np.stack([p.pixels for p in prepared]))
+                return prepared, await self._batcher.run(pixels)
             except StaleInput:
                 if attempt == 2:
                     raise

@@ -40,7 +40,7 @@ def test_shipped_configs_parse() -> None:
     quick = load_config(CONFIGS / "quick.yaml")
     assert quick.model == UNetConfig(input_size=128, alpha=0.35,
                                      decoder_filters=(128, 64, 32, 16), bn_momentum=0.9)
-    assert quick.train.learning_rate == 0.002
+    assert quick.train.learning_rate == 0.004
     assert quick.data.generate_if_missing
     full = load_config(CONFIGS / "full.yaml")
     assert full.model.alpha == 1.0
