@@ -7,17 +7,19 @@ like with like on whatever machine this runs. Sections run one after another, ne
 overlapping, because each of them wants both cores.
 
 Other work on the machine moves every wall-clock figure, so the ceiling is measured again right
-before each load run and that ratio is the one reported; beside it, the server's CPU time per
-request, which contention barely moves, says what share of the ceiling CPU alone allows.
+before and after each load run and their mean is the divisor reported; beside it, the server's
+CPU time per request, which contention barely moves, says what share of the ceiling CPU alone
+allows.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,14 @@ class Bench:
         return measure_ceiling(self.model, (self.ceiling.best_batch_size,),
                                self.nearby_seconds).best_images_per_s
 
+    @contextlib.contextmanager
+    def around(self) -> Iterator[list[float]]:
+        """The ceiling measured just before and just after a run: its mean is the divisor."""
+        before = self.nearby_ceiling()
+        found: list[float] = []
+        yield found
+        found.append((before + self.nearby_ceiling()) / 2)
+
     def figure(self, section: str, name: str, per_second: float, cpu_seconds: float,
                units: int, nearby: float) -> Figure:
         cpu_ms = 1000 * cpu_seconds / max(units, 1)
@@ -88,30 +98,50 @@ class Bench:
                              "x_run_ceiling": per_second / self.ceiling.best_images_per_s})
 
     def load(self, section: str, label: str, url: str, body: Path, content_type: str,
-             server: servers.Process, also: Sequence[servers.Process] = ()) -> dict[int, Figure]:
-        """wrk at each concurrency after an unrecorded warm-up; CPU of `server` and `also`."""
+             server: servers.Process, also: Sequence[servers.Process] = (),
+             metrics: str | None = None) -> dict[int, Figure]:
+        """wrk at each concurrency after an unrecorded warm-up; CPU of `server` and `also`;
+        the mean model batch size from the API's `metrics` URL."""
         figures = {}
         for connections in self.concurrency:
             if self.warmup_seconds > 0:
                 run_wrk(url, body, content_type=content_type, connections=connections,
                         seconds=self.warmup_seconds)
-            nearby = self.nearby_ceiling()
-            cpu = _cpu([server, *also])
-            with self.profiler.record(server.pid, f"{section}-c{connections}",
-                                      self.load_seconds):
-                result = run_wrk(url, body, content_type=content_type, connections=connections,
-                                 seconds=self.load_seconds)
-            f = self.figure(section, f"{label} c={connections}", result.per_second,
-                            _cpu([server, *also]) - cpu, result.requests, nearby)
+            batches = _batch_sizes(metrics)
+            with self.around() as nearby:
+                cpu = _cpu([server, *also])
+                with self.profiler.record(server.pid, f"{section}-c{connections}",
+                                          self.load_seconds):
+                    result = run_wrk(url, body, content_type=content_type,
+                                     connections=connections, seconds=self.load_seconds)
+                cpu = _cpu([server, *also]) - cpu
+            f = self.figure(section, f"{label} c={connections}", result.per_second, cpu,
+                            result.requests, nearby[0])
             f.p50_ms, f.p95_ms, f.p99_ms = result.p50_ms, result.p95_ms, result.p99_ms
             f.extra.update(requests=result.requests, errors=result.errors,
                            seconds=round(result.seconds, 2), mean_ms=result.mean_ms,
                            max_ms=result.max_ms,
                            p99_x_batch1_latency=result.p99_ms / self.ceiling.batch1_latency_ms)
+            if metrics:
+                (images, calls), (images0, calls0) = _batch_sizes(metrics), batches
+                f.extra["mean_batch_size"] = round((images - images0) / max(calls - calls0, 1), 2)
             figures[connections] = self.report.add(f)
-            log.warning("%s c=%d: %.1f/s (x%.2f) p99 %.1f ms, %.2f cpu ms", section, connections,
-                        result.per_second, f.ratio_to_ceiling, result.p99_ms, f.cpu_ms)
+            log.warning("%s c=%d: %.1f/s (x%.2f) p99 %.1f ms, %.2f cpu ms, batch %s", section,
+                        connections, result.per_second, f.ratio_to_ceiling, result.p99_ms,
+                        f.cpu_ms, f.extra.get("mean_batch_size"))
         return figures
+
+
+def _batch_sizes(metrics: str | None) -> tuple[float, float]:
+    """Images and model calls so far, from the API's `maskfleet_batch_size` histogram."""
+    images = calls = 0.0
+    if metrics:
+        for line in httpx.get(metrics, timeout=10).text.splitlines():
+            if line.startswith("maskfleet_batch_size_sum"):
+                images += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("maskfleet_batch_size_count"):
+                calls += float(line.rsplit(" ", 1)[1])
+    return images, calls
 
 
 def _cpu(processes: Sequence[servers.Process]) -> float:
@@ -147,7 +177,7 @@ def _api_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
                                            cache=False, extra_env=bench.api_env)) as api:
         _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
         figures = bench.load("api", "segment 500x375 JPEG, cache off", f"{api.url}/v1/segment",
-                             ws.jpeg, "image/jpeg", api)
+                             ws.jpeg, "image/jpeg", api, metrics=f"{api.url}/metrics")
     if 32 in figures:
         f = figures[32]
         f.target, f.met = f">= {API_TARGET} x ceiling", (f.ratio_to_ceiling or 0) >= API_TARGET
@@ -181,16 +211,16 @@ def _batch_section(bench: Bench, api: servers.Process, ws: Workspace, redis_url:
     with servers.running(servers.start_worker(ws.logs, models=ws.models,
                                               redis_url=redis_url)) as worker:
         run_job(api.url, str(warm), str(ws.root / "masks" / "warm"), chunk_size=chunk_size)
-        nearby = bench.nearby_ceiling()
-        cpu = worker.cpu_seconds()
-        job = run_job(api.url, str(timed), str(ws.root / "masks" / "timed"),
-                      chunk_size=chunk_size)
-        cpu = worker.cpu_seconds() - cpu
+        with bench.around() as nearby:
+            cpu = worker.cpu_seconds()
+            job = run_job(api.url, str(timed), str(ws.root / "masks" / "timed"),
+                          chunk_size=chunk_size)
+            cpu = worker.cpu_seconds() - cpu
     if job.state != "succeeded" or job.failed:
         raise RuntimeError(f"batch job {job.job_id} ended {job.state} with {job.failed} errors")
     f = bench.report.add(bench.figure(
         "batch", f"job of {images} JPEGs, 1 worker, POST to succeeded", job.per_second, cpu,
-        job.images, nearby))
+        job.images, nearby[0]))
     f.target, f.met = f">= {BATCH_TARGET} x ceiling", (f.ratio_to_ceiling or 0) >= BATCH_TARGET
     f.extra.update(images=job.images, seconds=round(job.seconds, 2), chunk_size=chunk_size)
 
@@ -242,7 +272,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-report.json"))
     parser.add_argument("--seconds", type=float, default=3.0, help="per ceiling measurement")
     parser.add_argument("--nearby-seconds", type=float, default=2.0,
-                        help="ceiling re-measured before each load run (0: use the first)")
+                        help="ceiling re-measured before and after each run (0: use the first)")
     parser.add_argument("--load-seconds", type=float, default=8.0, help="per wrk run")
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="before each wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -265,8 +295,9 @@ def _context(wanted: list[str], api_env: list[str]) -> dict[str, object]:
         "load_generator": "wrk (C, one epoll thread, closed loop, keep-alive): light enough "
                           "not to compete with the server for the 2 cores, unlike a Python "
                           "generator; percentiles from its HDR histogram via a Lua done hook",
-        "x_ceiling": "images/s over the in-process best-batch throughput measured right "
-                     "before that run (extra.x_run_ceiling: over the first measurement)",
+        "x_ceiling": "images/s over the in-process best-batch throughput, the mean of one "
+                     "measurement right before and one right after that run, so load from "
+                     "other processes weighs on both (extra.x_run_ceiling: over the first)",
         "cpu_ms": "server CPU per request (API or worker threads, plus Redis for cache hits); "
                   "x_ceil_cpu = ceiling CPU per image / cpu_ms",
         "api": "cache off (MASKFLEET_CACHE_ENABLED=false): every request runs the model",
