@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -62,17 +62,24 @@ async def read_image(request: Request, limit: int) -> bytes:
     return body
 
 
-async def _image_part(headers: Headers, body: bytes) -> bytes:
+async def parse_multipart(headers: Headers, body: bytes, *, max_files: int,
+                          max_fields: int) -> FormData:
+    """Starlette's multipart parser over bytes already read within the size limit."""
     async def once() -> AsyncIterator[bytes]:
         yield body
 
     if not body:
         raise EmptyBody("the multipart body is empty")
-    parser = MultiPartParser(headers, once(), max_files=8, max_fields=32)  # type: ignore[arg-type]
+    parser = MultiPartParser(headers, once(),  # type: ignore[arg-type]
+                             max_files=max_files, max_fields=max_fields)
     try:
-        form = await parser.parse()
+        return await parser.parse()
     except MultiPartException as exc:
         raise MalformedMultipart(str(exc)) from None
+
+
+async def _image_part(headers: Headers, body: bytes) -> bytes:
+    form = await parse_multipart(headers, body, max_files=8, max_fields=32)
     try:
         part = form.get(IMAGE_FIELD)
         if not isinstance(part, UploadFile):

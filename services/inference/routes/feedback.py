@@ -13,21 +13,18 @@ must agree when both are given). The mask is a trimap PNG (1 pet, 2 background,
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shared.errors import (
     EmptyBody,
     InvalidRequest,
-    MalformedMultipart,
     UnsupportedMediaType,
 )
 
-from ..body import MULTIPART, media_type, read_body
+from ..body import MULTIPART, media_type, parse_multipart, read_body
 from ..deps import FeedbackDep, SettingsDep
 from ..errors import PROBLEM_JSON
 from ..feedback import FeedbackReceipt
@@ -98,16 +95,7 @@ async def read_correction(request: Request, limit: int,
 
 
 async def _form(headers: Headers, body: bytes) -> tuple[str | None, bytes]:
-    async def once() -> AsyncIterator[bytes]:
-        yield body
-
-    if not body:
-        raise EmptyBody("the multipart body is empty")
-    parser = MultiPartParser(headers, once(), max_files=2, max_fields=8)  # type: ignore[arg-type]
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise MalformedMultipart(str(exc)) from None
+    form = await parse_multipart(headers, body, max_files=2, max_fields=8)
     try:
         field, part = form.get(ID_FIELD), form.get(MASK_FIELD)
         if not isinstance(part, UploadFile):
