@@ -12,10 +12,10 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml scripts/install-system.sh
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	scripts/install-system.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	scripts/install-system.sh
 	touch $@
 
 test: install

@@ -6,6 +6,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v wrk >/dev/null || need+=(wrk)  # `make bench` load generator
+# Debian's own python3.11 ships venv/ensurepip separately
+python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
