@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as redis
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 
 from shared.imaging import PREPROCESSING_ID
 
+from .backoff import RedisBackoff
 from .metrics import ApiMetrics
 from .settings import InferenceSettings
 
@@ -73,8 +73,7 @@ class ResultCache:
         self._metrics = metrics
         self._ttl = ttl_seconds
         self._max_value_bytes = max_value_bytes
-        self._retry_seconds = retry_seconds
-        self._bypass_until = 0.0
+        self._backoff = RedisBackoff(retry_seconds, "result cache", log)
 
     @classmethod
     def from_settings(cls, settings: InferenceSettings, metrics: ApiMetrics,
@@ -95,16 +94,13 @@ class ResultCache:
                    retry_seconds=settings.cache_retry_seconds)
 
     def _usable(self) -> redis.Redis | None:  # type: ignore[type-arg]
-        if self._client is None or time.monotonic() < self._bypass_until:
+        if self._client is None or not self._backoff.open:
             return None
         return self._client
 
     def _failed(self, action: str, exc: Exception) -> None:
         self._metrics.cache_errors.inc()
-        self._bypass_until = time.monotonic() + self._retry_seconds
-        log.warning("result cache unavailable", extra={
-            "action": action, "error": type(exc).__name__, "detail": str(exc),
-            "bypass_seconds": self._retry_seconds})
+        self._backoff.trip(action, exc)
 
     async def get(self, key: str) -> CachedMask | None:
         """The cached mask, or None on a miss, a bypass or any Redis trouble."""

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,6 +31,7 @@ from redis.exceptions import RedisError
 
 from shared.errors import MaskfleetError, NotFound
 
+from ..backoff import RedisBackoff
 from ..settings import InferenceSettings
 
 KEY_PREFIX = "maskfleet:feedback:served"
@@ -159,10 +159,9 @@ class RedisServedLog:
         self._ttl = ttl_seconds
         self._max_entries = max_entries
         self._max_entry_bytes = max_entry_bytes
-        self._retry_seconds = retry_seconds
         self._owns_client = owns_client
         self._sample = sample
-        self._bypass_until = 0.0
+        self._backoff = RedisBackoff(retry_seconds, "feedback store", log)
         self._pending: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
@@ -193,7 +192,7 @@ class RedisServedLog:
             log.debug("answer too large to keep for feedback",
                       extra={"request_id": served.request_id, "bytes": size})
             return False
-        return time.monotonic() >= self._bypass_until
+        return self._backoff.open
 
     async def remember(self, served: ServedMask) -> None:
         """Start keeping `served` if it is wanted; returns without waiting for Redis."""
@@ -224,10 +223,7 @@ class RedisServedLog:
                           extra={"dropped": dropped})
 
     def _failed(self, action: str, exc: BaseException) -> None:
-        self._bypass_until = time.monotonic() + self._retry_seconds
-        log.warning("feedback store unavailable", extra={
-            "action": action, "error": type(exc).__name__, "detail": str(exc),
-            "bypass_seconds": self._retry_seconds})
+        self._backoff.trip(action, exc)
 
     async def find(self, request_id: str) -> ServedMask | None:
         """The kept answer, None when unknown, expired or dropped; 409 once corrected."""
