@@ -43,6 +43,7 @@ from services.rollout.prometheus import PrometheusClient
 from services.rollout.readout import Readout, read_readout
 from services.rollout.traffic import NGINX_WEIGHT, Traffic, api_client
 from shared.repository import ModelRepository, VersionMetadata
+from tests.schemas import crd_schema
 from tests.servers import REPO, Server, free_port, http_ok, running
 
 pytestmark = pytest.mark.integration
@@ -251,8 +252,7 @@ def strict(schema: Any) -> Any:
     return schema
 
 
-HTTPROUTE_SCHEMA = strict(json.loads((REPO.parent / "shared" / "schemas" / "crds" /
-                                      "gateway.networking.k8s.io_httproute_v1.json").read_text()))
+HTTPROUTE_SCHEMA = strict(crd_schema("gateway.networking.k8s.io/v1", "HTTPRoute"))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

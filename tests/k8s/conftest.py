@@ -1,6 +1,6 @@
 """Fixtures for the Kubernetes packaging tests: the chart rendered through the Helm Go SDK
 (helm-python-sdk) and validators for the official Kubernetes schemas (kubernetes-validate)
-and the CRD schemas in ../shared/schemas/crds. Everything runs offline."""
+and the CRD schemas vendored in tests/schemas/crds. Everything runs offline."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import kubernetes_validate
 import pytest
 
 from tests.k8s.cases import VALUE_SETS, Manifest
+from tests.schemas import CRDS
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maskfleet"
-SHARED = REPO.parent / "shared"
-CRD_SCHEMAS = SHARED / "schemas" / "crds"
+CRD_SCHEMAS = CRDS
 KUBE_VERSIONS = ("1.29", "1.33")
 
 Render = Callable[..., list[Manifest]]
@@ -142,7 +142,7 @@ def _crd_validator(group: str, kind: str, version: str) -> jsonschema.Draft7Vali
 @pytest.fixture(scope="session")
 def crd_validator() -> Callable[[Manifest], jsonschema.Draft7Validator | None]:
     """The strict JSON Schema of a custom resource's kind, None for kinds without one."""
-    assert CRD_SCHEMAS.is_dir(), f"missing {CRD_SCHEMAS} (shared/ must sit beside the repo)"
+    assert CRD_SCHEMAS.is_dir(), f"missing {CRD_SCHEMAS} (vendored schemas)"
 
     def _for(obj: Manifest) -> jsonschema.Draft7Validator | None:
         group, _, version = obj["apiVersion"].rpartition("/")

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from tests.k8s.cases import deep_merge, unflatten
-from tests.k8s.conftest import CHART, REPO, SHARED
+from tests.k8s.conftest import CHART, REPO
+from tests.schemas import SKAFFOLD
 
 IMAGES = {"maskfleet-inference": "inference", "maskfleet-worker": "worker",
           "maskfleet-training": "training"}
@@ -29,7 +30,7 @@ def skaffold() -> dict[str, Any]:
 
 
 def test_skaffold_matches_the_v4beta13_schema(skaffold: dict[str, Any]) -> None:
-    schema = json.loads((SHARED / "schemas" / "skaffold-v4beta13.json").read_text())
+    schema = json.loads(SKAFFOLD.read_text())
     errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(skaffold)]
     assert not errors
     assert skaffold["apiVersion"] == "skaffold/v4beta13"

@@ -17,12 +17,13 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.schemas import crd_schema_path
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maskfleet"
 RULES = CHART / "rules" / "maskfleet.rules.yaml"
 RULES_TEST = Path(__file__).with_name("rules_test.yaml")
-CRDS = REPO.parent / "shared" / "schemas" / "crds"
-CRD_SCHEMA = CRDS / "monitoring.coreos.com_prometheusrule_v1.json"
+CRD_SCHEMA = crd_schema_path("monitoring.coreos.com/v1", "PrometheusRule")
 SEVERITIES = {"warning", "critical"}
 
 

@@ -19,11 +19,11 @@ import yaml
 
 from services.rollout.errors import TrafficError
 from services.rollout.traffic import NGINX_WEIGHT, drain_httproute, drain_ingress
+from tests.schemas import crd_schema_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "maskfleet"
-HTTPROUTE_SCHEMA = REPO.parent / "shared" / "schemas" / "crds" / \
-    "gateway.networking.k8s.io_httproute_v1.json"
+HTTPROUTE_SCHEMA = crd_schema_path("gateway.networking.k8s.io/v1", "HTTPRoute")
 STABLE, CANARY = "maskfleet-inference-stable", "maskfleet-inference-canary"
 
 
