@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as redis
 from fastapi import FastAPI
 
-from services.worker.jobs.service import JobService
+from services.jobs.service import JobService
 from shared.repository import ModelRepository
 
 from .batcher import Batcher

@@ -1,4 +1,4 @@
-"""Settings of the inference API: the shared base plus serving, batching, cache and limits.
+"""Settings of the inference API: the job settings plus serving, batching, cache and limits.
 
 Built once in `python -m services.inference` (or by a test) and passed to `create_app`; every
 field reads `MASKFLEET_<FIELD>` from the environment.
@@ -10,8 +10,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from services.jobs.settings import JobSettings
 from shared.imaging import DEFAULT_MAX_PIXELS
-from shared.settings import ServiceSettings
 
 Role = Literal["stable", "canary"]
 
@@ -20,8 +20,9 @@ PRODUCTION_MAX_REDIS_TIMEOUT_MS = 1000.0
 PRODUCTION_MIN_POLL_SECONDS = 1.0
 
 
-class InferenceSettings(ServiceSettings):
-    """Everything `create_app` needs beyond the shared model/Redis/logging settings."""
+class InferenceSettings(JobSettings):
+    """Everything `create_app` needs beyond the shared and the job settings (the API accepts,
+    reads and cancels jobs, so it enforces the same job limits as the worker)."""
 
     host: str = "0.0.0.0"
     """Interface uvicorn binds; 0.0.0.0 so the pod IP answers probes and traffic."""

@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.worker.jobs.store import JobStore
+from services.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from services.worker.broker import QUEUE
-from services.worker.jobs.chunk import ChunkOutcome, ChunkRunner
-from services.worker.jobs.store import JobStore, redis_client
+from services.jobs.broker import QUEUE
+from services.jobs.chunk import ChunkOutcome, ChunkRunner
+from services.jobs.store import JobStore
 from services.worker.metrics import WorkerMetrics
 from services.worker.models import ModelCache
 from services.worker.settings import WorkerSettings
@@ -32,9 +32,7 @@ class WorkerRuntime:
 
     @cached_property
     def store(self) -> JobStore:
-        limits = self.settings.job_limits()
-        return JobStore(redis_client(self.settings.redis_url), max_errors=limits.max_errors,
-                        ttl_seconds=limits.ttl_seconds)
+        return JobStore.from_settings(self.settings)
 
     @cached_property
     def repository(self) -> ModelRepository:

@@ -1,4 +1,4 @@
-"""Settings of the batch worker: the shared base plus broker, metrics and chunking limits.
+"""Settings of the batch worker: the job settings plus broker, metrics and image limits.
 
 Built once where the worker starts (`services.worker.app`) and passed down; every field reads
 `MASKFLEET_<FIELD>` from the environment.
@@ -10,15 +10,14 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from services.worker.jobs.limits import JobLimits
+from services.jobs.settings import JobSettings
 from shared.imaging import DEFAULT_MAX_PIXELS
-from shared.settings import ServiceSettings
 
 PRODUCTION_MIN_VISIBILITY_SECONDS = 60
 
 
-class WorkerSettings(ServiceSettings):
-    """Everything a worker process needs beyond the shared model/Redis/logging settings."""
+class WorkerSettings(JobSettings):
+    """Everything a worker process needs beyond the shared and the job settings."""
 
     visibility_timeout_seconds: int = Field(default=3600, ge=1)
     """Seconds before an unacknowledged chunk is handed to another worker. A worker killed
@@ -40,21 +39,6 @@ class WorkerSettings(ServiceSettings):
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest image object segmented; a larger one is a per-item error."""
 
-    job_chunk_size: int = Field(default=64, ge=1)
-    """Images per chunk when a job does not say; a chunk is the unit of redelivery."""
-
-    job_max_chunk_size: int = Field(default=1000, ge=1)
-    """Largest chunk size a job may ask for."""
-
-    job_max_images: int = Field(default=100_000, ge=1)
-    """Most images one job may name."""
-
-    job_max_errors: int = Field(default=100, ge=0)
-    """Per-item errors kept in the job record (all of them are in the manifest)."""
-
-    job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
-    """How long a finished job's record stays queryable in Redis."""
-
     @model_validator(mode="after")
     def _refuse_unsafe_worker_values(self) -> Self:
         if self.environment == "production" and (
@@ -62,13 +46,4 @@ class WorkerSettings(ServiceSettings):
         ):
             raise ValueError("visibility_timeout_seconds below 60 s re-runs chunks that are "
                              "still running")
-        if self.job_chunk_size > self.job_max_chunk_size:
-            raise ValueError("job_chunk_size is larger than job_max_chunk_size")
         return self
-
-    def job_limits(self) -> JobLimits:
-        return JobLimits(
-            default_chunk_size=self.job_chunk_size, max_chunk_size=self.job_max_chunk_size,
-            max_images=self.job_max_images, max_errors=self.job_max_errors,
-            ttl_seconds=self.job_ttl_seconds,
-        )

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from services.worker.broker import CHUNK_TASK
+from services.jobs.broker import CHUNK_TASK
 from services.worker.runtime import WorkerRuntime
 from shared.errors import StorageError
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from services.worker.broker import make_celery
+from services.jobs.broker import make_celery
 from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
 from services.worker.tasks import register_tasks

@@ -25,9 +25,9 @@ import pytest
 import redis
 from PIL import Image, ImageDraw
 
-from services.worker.cli import main as cli
-from services.worker.jobs.manifest import decode
-from services.worker.jobs.store import JobStore, redis_client
+from services.jobs.cli import main as cli
+from services.jobs.manifest import decode
+from services.jobs.store import JobStore, redis_client
 from services.worker.models import ModelCache
 from shared.imaging import decode_mask
 from shared.repository import ModelRepository

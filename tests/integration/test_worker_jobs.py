@@ -19,13 +19,14 @@ from PIL import Image, ImageDraw
 
 from services.inference.app import create_app
 from services.inference.settings import InferenceSettings
-from services.worker.broker import CHUNK_TASK
-from services.worker.cli import main as cli
-from services.worker.jobs.chunk import ChunkRunner
-from services.worker.jobs.manifest import chunk_manifest_uri, decode
-from services.worker.jobs.records import JobRequest, JobState
-from services.worker.jobs.service import JobService
-from services.worker.jobs.store import JobStore, redis_client
+from services.jobs.broker import CHUNK_TASK
+from services.jobs.chunk import ChunkRunner
+from services.jobs.cli import main as cli
+from services.jobs.manifest import chunk_manifest_uri, decode
+from services.jobs.records import JobRequest, JobState
+from services.jobs.service import JobService
+from services.jobs.settings import JobSettings
+from services.jobs.store import JobStore, redis_client
 from services.worker.models import ModelCache
 from services.worker.settings import WorkerSettings
 from services.worker.worker import create_worker_app
@@ -110,7 +111,7 @@ def queue() -> RecordedQueue:
 
 @pytest.fixture
 def service(store: JobStore, model_repo: ModelRepository, queue: RecordedQueue) -> JobService:
-    return JobService(store, model_repo, queue, model_name="unet", allow_local=True)
+    return JobService(store, model_repo, queue, JobSettings(model_repository=model_repo.root))
 
 
 @pytest.fixture
@@ -302,7 +303,7 @@ def test_a_chunk_task_that_cannot_run_fails_its_job(
     shutil.copytree(tiny_model_repo, root)
     repo = ModelRepository(str(root))
     put(f"{gcs_bucket}/in/a.jpg", pet_image(460))
-    service = JobService(store, repo, RecordedQueue(), model_name="unet")
+    service = JobService(store, repo, RecordedQueue(), JobSettings(model_repository=str(root)))
     status = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out",
                                        model_version=2))
     (root / "unet" / "2" / "COMPLETE").unlink()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.worker.broker import CHUNK_TASK, QUEUE, make_celery, restore_interval
+from services.jobs.broker import CHUNK_TASK, QUEUE, make_celery, restore_interval
 from services.worker.settings import WorkerSettings
 
 
@@ -16,7 +16,7 @@ def test_settings_come_from_maskfleet_variables(monkeypatch: pytest.MonkeyPatch)
     settings = WorkerSettings()
     assert settings.worker_metrics_port == 9999
     assert settings.visibility_timeout_seconds == 120
-    assert settings.job_limits().default_chunk_size == 32
+    assert settings.job_chunk_size == 32
 
 
 def test_defaults_match_the_interface() -> None:

@@ -1,6 +1,6 @@
 """`/v1/jobs`: submit, read and cancel offline batch jobs run by the Celery workers.
 
-The routes only translate HTTP; the job logic is `services.worker.jobs.service.JobService`,
+The routes only translate HTTP; the job logic is `services.jobs.service.JobService`,
 which `create_app` puts on `app.state.jobs` (tests override `get_jobs`). Handlers are plain
 `def`: listing a bucket and talking to Redis block, so they run in the thread pool (the
 dependency is `async`: it only reads `app.state`).
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.worker.jobs.records import JobRequest, JobStatus
-from services.worker.jobs.service import JobService
+from services.jobs.records import JobRequest, JobStatus
+from services.jobs.service import JobService
 from shared.errors import JobsUnavailable
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

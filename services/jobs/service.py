@@ -14,14 +14,13 @@ from contextlib import contextmanager
 
 import redis
 
-from services.worker.jobs import manifest
-from services.worker.jobs.inputs import chunk_count, resolve_inputs
-from services.worker.jobs.limits import JobLimits
-from services.worker.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
-from services.worker.jobs.store import JobStore, redis_client
+from services.jobs import manifest
+from services.jobs.inputs import chunk_count, resolve_inputs
+from services.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
+from services.jobs.settings import JobSettings
+from services.jobs.store import JobStore
 from shared.errors import InvalidJob, JobNotFound, JobsUnavailable, StorageError
 from shared.repository import ModelRepository
-from shared.settings import ServiceSettings, Stage
 from shared.storage import Storage, storage_for
 
 log = logging.getLogger(__name__)
@@ -46,53 +45,46 @@ def redis_guard() -> Iterator[None]:
 
 
 class JobService:
+    """Submission, status and cancel over one store, bounded by one `JobSettings`.
+
+    `settings` also names the model served by default (a job that pins nothing gets the
+    version the API would serve) and the environment: local paths are accepted as job URIs
+    only outside production (the embedded mode).
+    """
+
     def __init__(
-        self, store: JobStore, repository: ModelRepository, enqueue: Enqueue, *,
-        model_name: str, model_version: int | None = None, model_stage: Stage = "production",
-        limits: JobLimits | None = None, allow_local: bool = False,
-        on_submitted: Callable[[], None] | None = None,
+        self, store: JobStore, repository: ModelRepository, enqueue: Enqueue,
+        settings: JobSettings, *, on_submitted: Callable[[], None] | None = None,
         storage: Callable[[str], Storage] = storage_for,
     ) -> None:
         self.store = store
         self.repository = repository
         self.enqueue = enqueue
-        self.model_name = model_name
-        self.model_version = model_version
-        self.model_stage = model_stage
-        self.limits = limits or JobLimits()
-        self.allow_local = allow_local
+        self.settings = settings
+        self.allow_local = settings.environment != "production"
         self.on_submitted = on_submitted
         self.storage = storage
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings, *, limits: JobLimits | None = None,
+    def from_settings(cls, settings: JobSettings, *,
                       on_submitted: Callable[[], None] | None = None) -> JobService:
-        """The API's wiring: same Redis, model repository and default model as it serves.
+        """The API's wiring: same Redis, model repository and default model as it serves."""
+        from services.jobs.broker import CeleryEnqueuer
 
-        Local paths are accepted as job URIs only outside production (the embedded mode).
-        """
-        from services.worker.broker import CeleryEnqueuer
-
-        limits = limits or JobLimits()
-        store = JobStore(redis_client(settings.redis_url), max_errors=limits.max_errors,
-                         ttl_seconds=limits.ttl_seconds)
         return cls(
-            store, ModelRepository(settings.model_repository),
-            CeleryEnqueuer.for_url(settings.redis_url), model_name=settings.model_name,
-            model_version=settings.model_version, model_stage=settings.model_stage,
-            limits=limits, allow_local=settings.environment != "production",
-            on_submitted=on_submitted,
+            JobStore.from_settings(settings), ModelRepository(settings.model_repository),
+            CeleryEnqueuer.for_url(settings.redis_url), settings, on_submitted=on_submitted,
         )
 
     def submit(self, request: JobRequest) -> JobStatus:
-        chunk_size = request.chunk_size or self.limits.default_chunk_size
-        if chunk_size > self.limits.max_chunk_size:
+        chunk_size = request.chunk_size or self.settings.job_chunk_size
+        if chunk_size > self.settings.job_max_chunk_size:
             raise InvalidJob(f"chunk_size {chunk_size} is above the maximum "
-                             f"{self.limits.max_chunk_size}")
+                             f"{self.settings.job_max_chunk_size}")
         model = self._pin_model(request)
         output = request.output.rstrip("/") or request.output
         inputs = resolve_inputs(request.input, output, allow_local=self.allow_local,
-                                max_images=self.limits.max_images, storage=self.storage)
+                                max_images=self.settings.job_max_images, storage=self.storage)
         plan = JobPlan(
             id=uuid.uuid4().hex, input=inputs.summary, output=output, base=inputs.base,
             model=model, chunk_size=chunk_size,
@@ -137,11 +129,12 @@ class JobService:
     def _pin_model(self, request: JobRequest) -> ModelRef:
         version = request.model_version
         stage = request.model_stage
+        default = self.settings
         if version is None and stage is None:
-            version, stage = self.model_version, self.model_stage
-        resolved = self.repository.resolve(self.model_name, version=version,
-                                           stage=stage or self.model_stage)
-        return ModelRef(name=self.model_name, version=resolved,
+            version, stage = default.model_version, default.model_stage
+        resolved = self.repository.resolve(default.model_name, version=version,
+                                           stage=stage or default.model_stage)
+        return ModelRef(name=default.model_name, version=resolved,
                         stage=None if version is not None else stage)
 
     def _write_plan(self, plan: JobPlan) -> None:

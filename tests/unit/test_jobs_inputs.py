@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.jobs.inputs import check_uri, chunk_count, mask_uri, resolve_inputs
-from services.worker.jobs.manifest import ManifestLine, assemble, chunk_manifest_uri, decode
-from services.worker.jobs.records import InputSummary, JobPlan, JobState, ModelRef
+from services.jobs.inputs import check_uri, chunk_count, mask_uri, resolve_inputs
+from services.jobs.manifest import ManifestLine, assemble, chunk_manifest_uri, decode
+from services.jobs.records import InputSummary, JobPlan, JobState, ModelRef
 from shared.errors import InvalidJob, JobTooLarge, NoImagesFound
 from shared.storage import LocalStorage
 

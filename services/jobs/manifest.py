@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel
 
-from services.worker.jobs.records import JobPlan
+from services.jobs.records import JobPlan
 from shared.errors import InvalidJob, ObjectNotFound
 from shared.storage import Storage, join, storage_for
 

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import redis
 
-from services.worker.jobs.records import (
+from services.jobs.records import (
     ChunkTotals,
     ItemError,
     JobPlan,
@@ -27,6 +27,7 @@ from services.worker.jobs.records import (
     Totals,
     now,
 )
+from services.jobs.settings import JobSettings
 from shared.errors import JobNotFound, OutputInUse
 
 PREFIX = "maskfleet:job:"
@@ -89,6 +90,12 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self._complete = client.register_script(_COMPLETE_CHUNK)
         self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_settings(cls, settings: JobSettings) -> JobStore:
+        """The store both the API and the worker use, bounded by the same job settings."""
+        return cls(redis_client(settings.redis_url), max_errors=settings.job_max_errors,
+                   ttl_seconds=settings.job_ttl_seconds)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.worker.cli import main
+from services.jobs.cli import main
 
 JOB_ID = "a" * 32
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.worker.jobs.records import InputSummary
+from services.jobs.records import InputSummary
 from shared.errors import InvalidJob, JobTooLarge, NoImagesFound, ObjectNotFound, StorageError
 from shared.storage import Storage, basename, folder, join, storage_for
 

@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from services.worker.jobs import manifest
-from services.worker.jobs.inputs import mask_uri
-from services.worker.jobs.manifest import ErrorEntry, ManifestLine
-from services.worker.jobs.records import ItemError, JobPlan, JobState
-from services.worker.jobs.store import JobStore
-from services.worker.metrics import WorkerMetrics
+from prometheus_client import Counter, Histogram
+
+from services.jobs import manifest
+from services.jobs.inputs import mask_uri
+from services.jobs.manifest import ErrorEntry, ManifestLine
+from services.jobs.records import ItemError, JobPlan, JobState
+from services.jobs.store import JobStore
 from shared.errors import (
     InvalidImage,
     JobNotFound,
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 
 Status = Literal["succeeded", "skipped", "cancelled"]
 ModelProvider = Callable[[str, int], LoadedModel]
+
+
+class ChunkMetrics(Protocol):
+    """What the runner records; the worker's `WorkerMetrics` provides it."""
+
+    chunks: Counter
+    images: Counter
+    chunk_duration: Histogram
+    batch_size: Histogram
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class ChunkRunner:
     max_image_bytes: int = 32 * 1024 * 1024
     io_threads: int = 8
     worker: str = "local"
-    metrics: WorkerMetrics | None = None
+    metrics: ChunkMetrics | None = None
     storage: Callable[[str], Storage] = storage_for
 
     def run(self, job_id: str, index: int) -> ChunkOutcome:

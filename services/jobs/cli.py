@@ -1,4 +1,4 @@
-"""`python -m services.worker.cli`: submit, watch and cancel batch jobs through the HTTP API.
+"""`python -m services.jobs.cli`: submit, watch and cancel batch jobs through the HTTP API.
 
     submit INPUT OUTPUT [--wait]   INPUT is a URI prefix, or @FILE with one image URI per line
     status JOB_ID [--json]
@@ -74,7 +74,7 @@ class JobsClient:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m services.worker.cli",
+    parser = argparse.ArgumentParser(prog="python -m services.jobs.cli",
                                      description="maskfleet batch jobs")
     parser.add_argument("--api-url", default=DEFAULT_API, help=f"default {DEFAULT_API}")
     commands = parser.add_subparsers(dest="command", required=True)
