@@ -131,8 +131,13 @@ class ResultCache:
             await self._client.aclose()  # type: ignore[attr-defined]
 
 
-def _decode(raw: bytes | None) -> CachedMask | None:
+def _decode(raw: bytes | str | None) -> CachedMask | None:
+    """The cached mask; the cache client never decodes replies, so a str (which redis-py's
+    hints admit) is as unreadable as a damaged entry."""
     if raw is None:
+        return None
+    if isinstance(raw, str):
+        log.warning("ignoring a cache entry that came back as text")
         return None
     try:
         return CachedMask.from_bytes(raw)

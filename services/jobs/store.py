@@ -82,8 +82,14 @@ def key(job_id: str, part: str = "") -> str:
     return f"{PREFIX}{job_id}{':' + part if part else ''}"
 
 
+def text(value: bytes | str) -> str:
+    """A reply as str: the client decodes responses (redis_client), but redis-py's hints
+    admit bytes for every reply, so values pass through here instead of a cast."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class JobStore:
-    def __init__(self, client: redis.Redis[str], *, max_errors: int = 100,
+    def __init__(self, client: redis.Redis, *, max_errors: int = 100,
                  ttl_seconds: int = 7 * 24 * 3600) -> None:
         self.redis = client
         self.max_errors = max_errors
@@ -106,7 +112,8 @@ class JobStore:
         """Record a queued job; refuse an output prefix another unfinished job writes to."""
         lock = OUTPUT_LOCK + plan.output.rstrip("/")
         if not self.redis.set(lock, plan.id, nx=True):
-            holder = self.redis.get(lock)
+            raw_holder = self.redis.get(lock)
+            holder = text(raw_holder) if raw_holder else None
             if holder and self.redis.sismember(ACTIVE, holder):
                 raise OutputInUse(f"output {plan.output} is being written by unfinished job "
                                  f"{holder}; cancel it or choose another output")
@@ -131,7 +138,7 @@ class JobStore:
 
     def state(self, job_id: str) -> JobState | None:
         raw = self.redis.hget(key(job_id), "state")
-        return JobState(raw) if raw else None
+        return JobState(text(raw)) if raw else None
 
     def status(self, job_id: str) -> JobStatus:
         pipe = self.redis.pipeline(transaction=False)
@@ -156,7 +163,7 @@ class JobStore:
 
     def chunk_inputs(self, plan: JobPlan, index: int) -> list[str]:
         start, stop = plan.chunk_bounds(index)
-        return list(self.redis.lrange(key(plan.id, "inputs"), start, stop - 1))
+        return [text(item) for item in self.redis.lrange(key(plan.id, "inputs"), start, stop - 1)]
 
     def start_chunk(self, job_id: str, index: int, worker: str) -> int:
         """Note who runs the chunk and move a queued job to running; returns the attempt."""
@@ -186,7 +193,7 @@ class JobStore:
         """Chunk -> (attempts, last worker): how often each chunk was started, and where."""
         attempts = self.redis.hgetall(key(job_id, "attempts"))
         workers = self.redis.hgetall(key(job_id, "workers"))
-        return {int(c): (int(n), workers.get(c, "")) for c, n in attempts.items()}
+        return {int(c): (int(n), text(workers.get(c, ""))) for c, n in attempts.items()}
 
     def succeed(self, job_id: str, manifest: str) -> bool:
         return self._move(job_id, JobState.SUCCEEDED, manifest=manifest)
@@ -210,7 +217,7 @@ class JobStore:
 
     def active(self, limit: int = 200) -> list[tuple[str, int, int, int]]:
         """(job id, images, done, failed) of unfinished jobs, for the metrics endpoint."""
-        ids = sorted(self.redis.smembers(ACTIVE))[:limit]
+        ids = sorted(text(m) for m in self.redis.smembers(ACTIVE))[:limit]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(key(job_id), "images", "done", "failed")
@@ -221,7 +228,7 @@ class JobStore:
         return found
 
 
-def redis_client(url: str, *, timeout_seconds: float = 5.0) -> redis.Redis[str]:
+def redis_client(url: str, *, timeout_seconds: float = 5.0) -> redis.Redis:
     """Job state needs strings back, and a dead Redis must fail a call, not hang it."""
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_seconds,
                                 socket_connect_timeout=timeout_seconds,
