@@ -16,8 +16,20 @@ class MaskfleetError(Exception):
     title: str = "Internal error"
 
     def __init__(self, detail: str | None = None) -> None:
-        self.detail = detail or self.title
+        self.detail = clip(detail or self.title)
         super().__init__(self.detail)
+
+
+MAX_DETAIL_CHARS = 1024
+"""Details echo input (paths, messages of libraries): bounded so that a hostile value can
+neither bloat an answer nor write a 400 MB log line."""
+
+
+def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class InvalidInput(MaskfleetError):
@@ -156,10 +168,53 @@ class ModelNotReady(MaskfleetError):
     title = "The model is not loaded yet"
 
 
+class Overloaded(MaskfleetError):
+    """Load shedding: a bounded queue is full, so the request is refused at once (503 with
+    Retry-After) instead of waiting behind work the server cannot finish in time."""
+
+    status = 503
+    code = "overloaded"
+    title = "The server is at capacity"
+    retry_after: int = 1
+
+
+class DeadlineExceeded(MaskfleetError):
+    """The request's deadline passed before its work finished; queued work was dropped."""
+
+    status = 504
+    code = "deadline_exceeded"
+    title = "The request deadline passed"
+
+
+class HeaderTooLarge(InvalidInput):
+    status = 431
+    code = "header_too_large"
+    title = "Request header fields too large"
+
+
+class RequestTimeout(InvalidInput):
+    """The client sent its request head or body too slowly."""
+
+    status = 408
+    code = "request_timeout"
+    title = "The request was not received in time"
+
+
 class StorageError(MaskfleetError):
+    """Storage failed in a way that may pass (network, credentials refresh, throttling):
+    the API answers 502 and the worker retries."""
+
     status = 502
     code = "storage_error"
     title = "Storage failed"
+
+
+class StorageUnavailable(StorageError):
+    """Storage (or its credentials endpoint) cannot be reached right now."""
+
+    status = 503
+    code = "storage_unavailable"
+    title = "Storage is unavailable"
 
 
 class ObjectNotFound(StorageError):

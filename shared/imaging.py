@@ -3,6 +3,12 @@
 It lives once, here, because a mismatch between training and serving silently ruins accuracy.
 Masks on the wire and in storage use the Oxford-IIIT Pet trimap values (1 pet, 2 background,
 3 border); the model works in class ids (value - 1).
+
+Untrusted bytes go through `probe` first: it reads only the header and refuses, before a single
+pixel is decoded, what would cost memory out of proportion to its size (too many pixels, a PNG
+compressed beyond what real images reach, a JPEG whose scan data stops long before its
+declared size). Decoding then applies the EXIF orientation and turns every accepted mode into
+8-bit RGB the same way for serving, the batch worker and training.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -28,12 +35,155 @@ from shared.errors import (
 CLASS_NAMES: tuple[str, ...] = ("pet", "background", "border")
 TRIMAP_VALUES = frozenset({1, 2, 3})
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG"})
-DEFAULT_MAX_PIXELS = 40_000_000
-PREPROCESSING_ID = "rgb-draft-bilinear-unit-v1"
+DEFAULT_MAX_PIXELS = 16_000_000
+"""Per image: a 16 MP phone photo fits; a 128-px model gains nothing from more."""
+MAX_PNG_RATIO = 400.0
+"""Decoded bytes per PNG byte beyond which a large PNG is treated as a decompression bomb.
+Photos compress 2-4x and screenshots 10-50x; deflate's own ceiling is ~1030x, which is what
+bombs (an all-zero canvas) reach. A megapixel-sized PNG this empty (one flat colour, a pure
+synthetic gradient) has nothing to segment either, so it is refused too (413)."""
+RATIO_CHECK_MIN_PIXELS = 1_000_000
+"""Below this many pixels decoding is cheap whatever the ratio, so flat small images pass."""
+MIN_JPEG_SCAN_BITS_PER_BLOCK = 0.5
+"""Huffman-coded JPEG scans spend at least one bit per 8x8 luma block (DC difference); half
+of that leaves room for any legitimate encoder, while a 633-byte header declaring 6300x6300
+(620k blocks) is 100x short."""
+PREPROCESSING_ID = "rgb-exif-draft-bilinear-unit-v2"
 """Names this preprocessing in cache keys: change it whenever the pixels fed to the model change."""
 
 FloatImage = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.uint8]
+
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+"""Phone cameras save multi-picture JPEGs (MPO): the first frame is an ordinary JPEG."""
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height (rotations by 90 or 270 degrees)."""
+_EXIF_ORIENTATION = 0x0112
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""PNG colour type -> samples per pixel (gray, RGB, palette, gray+alpha, RGBA)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header declares, read without decoding any pixel."""
+
+    format: str
+    """`JPEG` or `PNG` (an MPO counts as JPEG: its first frame is read)."""
+    width: int
+    """Width as viewers show it, i.e. after the EXIF orientation: the mask's width."""
+    height: int
+    length: int
+    """Bytes of the image proper; anything after its end marker is ignored (and not part of
+    the cache key, so trailing bytes do not defeat the cache)."""
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+          formats: frozenset[str] = ALLOWED_FORMATS) -> ImageHeader:
+    """Read the header and refuse, before decoding, what is not worth decoding.
+
+    400 empty, 415 not an allowed format, 413 `too_many_pixels` (over `max_pixels`, or a PNG
+    that only a decompression bomb compresses so well), 422 unreadable header or a JPEG whose
+    scan data ends long before its declared size.
+    """
+    image = _open(data)
+    try:
+        kind = _FORMAT_ALIASES.get(str(image.format), str(image.format))
+        if kind not in formats:
+            raise UnsupportedMediaType(f"image format {image.format} is not allowed "
+                                       f"(allowed: {', '.join(sorted(formats))})")
+        width, height = image.size
+        if width * height > max_pixels:
+            raise TooManyPixels(f"{width}x{height} is more than the {max_pixels} pixels "
+                                "allowed per image")
+        if kind == "PNG":
+            length = _png_length(data)
+            _refuse_png_bomb(data, width, height)
+        else:
+            length = _jpeg_length(data, width, height)
+        if _orientation(image) in _TRANSPOSED:
+            width, height = height, width
+        return ImageHeader(kind, width, height, length)
+    finally:
+        image.close()
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise EmptyBody("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # our own limit applies (in probe); Pillow's warning threshold is only noise here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise TooManyPixels("the image declares far more pixels than allowed") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("the bytes are not a JPEG or PNG image") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise InvalidImage(f"the image header is truncated or corrupt: {exc}") from None
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a corrupt EXIF block is ignored, as viewers do
+        return 1
+
+
+def _png_length(data: bytes) -> int:
+    end = data.find(_PNG_IEND)
+    return len(data) if end < 0 else end + len(_PNG_IEND)
+
+
+def _refuse_png_bomb(data: bytes, width: int, height: int) -> None:
+    if width * height < RATIO_CHECK_MIN_PIXELS or len(data) < 26:
+        return
+    bit_depth, colour_type = data[24], data[25]
+    decoded = width * height * _PNG_CHANNELS.get(colour_type, 4) * max(bit_depth, 8) // 8
+    if decoded / len(data) > MAX_PNG_RATIO:
+        raise TooManyPixels(
+            f"a {len(data)}-byte PNG declaring {width}x{height} would decode to {decoded} bytes "
+            f"(more than {MAX_PNG_RATIO:.0f}x its size): refused as a decompression bomb")
+
+
+def _jpeg_length(data: bytes, width: int, height: int) -> int:
+    """End of the first image (its EOI), after checking that its scan data is plausible."""
+    scan = _jpeg_scan_start(data)
+    end = data.find(_JPEG_EOI, scan)
+    length = len(data) if end < 0 else end + len(_JPEG_EOI)
+    blocks = -(-width // 8) * -(-height // 8)
+    if (length - scan) * 8 < blocks * MIN_JPEG_SCAN_BITS_PER_BLOCK:
+        raise InvalidImage(
+            f"the JPEG declares {width}x{height} but carries only {length - scan} bytes of "
+            "scan data: it is truncated")
+    return length
+
+
+def _jpeg_scan_start(data: bytes) -> int:
+    """Offset of the first entropy-coded byte: walk the marker segments up to SOS."""
+    offset = 2  # after SOI
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            raise InvalidImage("the JPEG's marker segments are corrupt")
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        length = int.from_bytes(data[offset + 2:offset + 4], "big")
+        offset += 2 + length
+        if marker == 0xDA:  # start of scan: the segment just skipped was its header
+            return min(offset, len(data))
+    raise InvalidImage("the JPEG has no scan data")
 
 
 def open_image(
@@ -42,36 +192,69 @@ def open_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     formats: frozenset[str] = ALLOWED_FORMATS,
     draft_size: int | None = None,
+    header: ImageHeader | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode JPEG/PNG bytes to RGB, refusing bombs before the pixels are decoded.
+    """Decode JPEG/PNG bytes to upright 8-bit RGB, refusing bombs before decoding (`probe`).
 
-    Returns the image (possibly JPEG-draft reduced, never below `draft_size`) and the original
-    (width, height), which is the resolution masks go back at.
+    Returns the image (possibly JPEG-draft reduced, never below `draft_size`) and the upright
+    (width, height), which is the resolution masks go back at. `header` skips a second probe
+    when the caller already has one for these bytes.
     """
-    if not data:
-        raise EmptyBody("the image is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InvalidImage("the bytes are not a JPEG or PNG image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"the image header is truncated or corrupt: {exc}") from None
-    if image.format not in formats:
-        raise UnsupportedMediaType(
-            f"image format {image.format} is not allowed (allowed: {', '.join(sorted(formats))})"
-        )
-    width, height = image.size
-    if width * height > max_pixels:
-        raise TooManyPixels(f"{width}x{height} is more than the {max_pixels} pixels allowed")
-    if draft_size and image.format == "JPEG":
+    header = header or probe(data, max_pixels=max_pixels, formats=formats)
+    image = _open(data)
+    orientation = _orientation(image)
+    if draft_size and header.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise InvalidImage(f"the image is truncated or corrupt: {exc}") from None
-    return (image if image.mode == "RGB" else image.convert("RGB")), (width, height)
+    return to_rgb(apply_exif_orientation(image, orientation)), header.size
+
+
+_ORIENTATION_STEPS: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def apply_exif_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """The image as viewers show it: the one place serving, the worker and training turn
+    a camera's stored pixels upright (EXIF tag 0x0112; 1 or unknown leaves them as they are).
+
+    Masks therefore come back in the orientation users see, and training learns from the
+    same upright pixels the API serves.
+    """
+    step = _ORIENTATION_STEPS.get(orientation)
+    return image if step is None else image.transpose(step)
+
+
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any accepted mode -> 8-bit RGB, predictably.
+
+    16-bit gray keeps its high byte (Pillow's own conversion would clip most values to white);
+    transparency (alpha, or a palette/gray transparent colour) is composited over white, the
+    background viewers show; CMYK, palette, gray and bilevel use Pillow's standard conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.asarray(image, dtype=np.int64)
+        gray = np.clip(wide >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def to_model_input(image: Image.Image, size: int) -> FloatImage:
@@ -81,10 +264,11 @@ def to_model_input(image: Image.Image, size: int) -> FloatImage:
 
 
 def preprocess(
-    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+    header: ImageHeader | None = None,
 ) -> tuple[FloatImage, tuple[int, int]]:
-    """Image bytes -> model input and the original (width, height)."""
-    image, original = open_image(data, max_pixels=max_pixels, draft_size=size)
+    """Image bytes -> model input and the upright (width, height)."""
+    image, original = open_image(data, max_pixels=max_pixels, draft_size=size, header=header)
     return to_model_input(image, size), original
 
 
@@ -127,13 +311,17 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def decode_mask(data: bytes, expected_size: tuple[int, int] | None = None) -> Mask:
-    """A trimap PNG -> uint8 array, checking values (and size when given)."""
+def decode_mask(data: bytes, expected_size: tuple[int, int] | None = None, *,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Mask:
+    """A trimap PNG -> uint8 array, checking size (before decoding) and values."""
     if not data:
         raise EmptyBody("the mask is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise TooManyPixels("the mask declares far more pixels than allowed") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidMask("the mask is not a readable PNG") from None
     if image.format != "PNG":
@@ -141,6 +329,13 @@ def decode_mask(data: bytes, expected_size: tuple[int, int] | None = None) -> Ma
     if expected_size is not None and image.size != expected_size:
         raise InvalidMask(f"mask is {image.size[0]}x{image.size[1]}, expected "
                           f"{expected_size[0]}x{expected_size[1]}")
+    if image.size[0] * image.size[1] > max_pixels:
+        raise TooManyPixels(f"a {image.size[0]}x{image.size[1]} mask is more than the "
+                            f"{max_pixels} pixels allowed")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError):
+        raise InvalidMask("the mask is not a readable PNG") from None
     mask = np.asarray(image.convert("L") if image.mode not in ("L", "P") else image)
     bad = set(np.unique(mask).tolist()) - TRIMAP_VALUES
     if bad:

@@ -8,7 +8,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.errors import clip
+
 _RESERVED = set(vars(logging.makeLogRecord({})))
+MAX_FIELD_CHARS = 1024
+"""Fields often echo input (a path, a library's message quoting a body): one line stays
+readable and bounded whatever a caller sends."""
+MAX_TRACEBACK_CHARS = 8192
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,12 +25,26 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage()),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        entry.update({k: _bounded(v) for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exc"] = clip(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS)
+        return json.dumps(entry, default=_bounded_str)
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (list, tuple, dict)) and len(str(value)) > MAX_FIELD_CHARS:
+        return clip(str(value))
+    return value
+
+
+def _bounded_str(value: object) -> str:
+    return clip(str(value))
 
 
 def configure_logging(level: str = "INFO") -> None:

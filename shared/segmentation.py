@@ -16,6 +16,7 @@ from shared.errors import MaskfleetError
 from shared.imaging import (
     DEFAULT_MAX_PIXELS,
     FloatImage,
+    ImageHeader,
     Mask,
     class_fractions,
     encode_png,
@@ -68,8 +69,9 @@ class Prepared:
     original: tuple[int, int]
 
 
-def prepare(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
-    pixels, original = preprocess(data, size, max_pixels=max_pixels)
+def prepare(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+            header: ImageHeader | None = None) -> Prepared:
+    pixels, original = preprocess(data, size, max_pixels=max_pixels, header=header)
     return Prepared(pixels, original)
 
 

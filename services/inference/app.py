@@ -17,12 +17,14 @@ from fastapi import FastAPI
 from services.jobs.service import JobService
 from shared.repository import ModelRepository
 
+from .admission import PixelBudget
 from .batcher import Batcher
 from .cache import ResultCache
+from .codec import CodecPool
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
 from .metrics import ApiMetrics
-from .middleware import RequestContext, StripPathPrefix
+from .middleware import BodyLimit, RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
 from .routes import feedback, health, jobs, segment, v2
@@ -41,10 +43,13 @@ def create_app(
     repository = repository or ModelRepository(settings.model_repository)
     holder = ModelHolder(settings, repository, metrics, loader)
     batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
-                      max_wait_ms=settings.batch_max_wait_ms)
+                      max_wait_ms=settings.batch_max_wait_ms,
+                      max_queue_images=settings.batch_max_queue_images)
     cache = ResultCache.from_settings(settings, metrics, redis_client)
-    segmenter = Segmenter(holder, batcher, cache, max_pixels=settings.max_pixels,
-                          codec_threads=settings.codec_threads)
+    codec = CodecPool(settings.codec_threads, settings.codec_max_queue, metrics)
+    budget = PixelBudget(settings.max_inflight_pixels, metrics)
+    segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
+                          max_pixels=settings.max_pixels)
     served_log = RedisServedLog.from_settings(settings, redis_client)
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
 
@@ -77,6 +82,8 @@ def create_app(
     app.state.feedback = corrections
     app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes,
+                       limits={jobs.router.prefix: settings.max_json_body_bytes})
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)

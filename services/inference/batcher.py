@@ -12,11 +12,18 @@ The model thread forms its own batches instead of the event loop doing it: when 
 picks up what queued meanwhile at once, without waiting for the busy event loop (and the GIL
 hand-offs) to notice, so the model idles less between calls. Results go back to the event loop
 in one callback per batch.
+
+The queue is bounded in images (`batch_max_queue_images`): beyond it a request is refused at
+once with 503 (TF Serving's `max_enqueued_batches`, Triton's `max_queue_size`), so queueing
+delay stays near one batch time instead of growing with the offered load. Before a batch runs,
+requests whose deadline passed (504) or whose client went away are dropped: the model only
+computes answers somebody still waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -26,8 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import ModelNotReady
+from shared.errors import DeadlineExceeded, ModelNotReady, Overloaded
 
+from .admission import Deadline
 from .metrics import ApiMetrics
 from .model_holder import ModelHolder
 
@@ -56,19 +64,27 @@ class _Item:
     pixels: npt.NDArray[np.float32]
     future: asyncio.Future[BatchResult]
     enqueued: float
+    deadline: float = float("inf")
+    abandoned: bool = False
+    """Set on the event loop when the caller stopped waiting (deadline, disconnect); read by
+    the model thread, which then skips the item. A plain attribute: atomic under the GIL."""
 
 
 class Batcher:
     def __init__(self, holder: ModelHolder, metrics: ApiMetrics, *, max_size: int,
-                 max_wait_ms: float) -> None:
+                 max_wait_ms: float, max_queue_images: int = 1024) -> None:
         self._holder = holder
         self._metrics = metrics
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
+        self._max_queue_images = max_queue_images
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queued_images = 0
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        metrics.queue_depth.labels("batch").set_function(lambda: self._queued_images)
 
     @property
     def queued(self) -> int:
@@ -87,24 +103,52 @@ class Batcher:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
 
-    async def run(self, pixels: npt.NDArray[np.float32]) -> BatchResult:
-        """Segment `[k, S, S, 3]` pixels of one request within some batch."""
+    async def run(self, pixels: npt.NDArray[np.float32],
+                  deadline: Deadline | None = None) -> BatchResult:
+        """Segment `[k, S, S, 3]` pixels of one request within some batch; 503 at once when
+        the queue holds `max_queue_images` images already."""
         if self._closing:
             raise ModelNotReady("the server is shutting down")
         self._holder.require()
-        item = _Item(pixels, asyncio.get_running_loop().create_future(), time.monotonic())
+        count = len(pixels)
+        with self._count_lock:
+            # one request alone may always queue, however large (it is bounded elsewhere)
+            if self._queued_images and self._queued_images + count > self._max_queue_images:
+                full = True
+            else:
+                full = False
+                self._queued_images += count
+        if full:
+            self._metrics.requests_shed.labels("batch_queue").inc()
+            raise Overloaded(f"the model queue is full ({self._max_queue_images} images)")
+        item = _Item(pixels, asyncio.get_running_loop().create_future(), time.monotonic(),
+                     deadline.at if deadline is not None else float("inf"))
         self._queue.put(item)
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            item.abandoned = True
+            raise
+
+    def _take(self, item: _Item) -> None:
+        with self._count_lock:
+            self._queued_images -= len(item.pixels)
 
     def _collect(self) -> None:
         """The model thread: form a batch from the queue, run it, repeat until stopped."""
         carry: _Item | None = None
         stopping = False
         while not stopping:
-            first = carry or self._queue.get()
-            carry = None
-            if first is None:
-                return
+            if carry is not None:  # already taken off the queue (and counted) last round
+                first, carry = carry, None
+            else:
+                taken = self._queue.get()
+                if taken is None:
+                    return
+                first = taken
+                self._take(first)
+            if self._dropped(first):
+                continue
             batch, count = [first], len(first.pixels)
             deadline = first.enqueued + self._max_wait
             while count < self._max_size:
@@ -115,6 +159,9 @@ class Batcher:
                 if nxt is None:
                     stopping = True
                     break
+                self._take(nxt)
+                if self._dropped(nxt):
+                    continue
                 if count + len(nxt.pixels) > self._max_size:
                     carry = nxt
                     break
@@ -123,6 +170,22 @@ class Batcher:
             self._dispatch(batch)
             if stopping and carry is not None:
                 self._dispatch([carry])
+
+    def _dropped(self, item: _Item) -> bool:
+        """Drop (and settle) an item nobody waits for any more, before it costs a model call."""
+        if time.monotonic() >= item.deadline:
+            self._metrics.work_dropped.labels("model", "deadline").inc()
+            if not item.abandoned:
+                error: Outcome = DeadlineExceeded("the request's deadline passed while it "
+                                                  "waited for the model; it was dropped")
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    self._loop.call_soon_threadsafe(_settle_all, [(item, error)])
+            return True
+        if item.abandoned:  # the caller went away (client disconnected)
+            self._metrics.work_dropped.labels("model", "disconnected").inc()
+            return True
+        return False
 
     def _next(self, timeout: float) -> _Item | None:
         """The next queued item, waiting at most `timeout` s for one (else queue.Empty)."""

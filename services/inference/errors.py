@@ -20,6 +20,8 @@ from shared.errors import (
     InvalidRequest,
     MaskfleetError,
     MethodNotAllowed,
+    Overloaded,
+    PayloadTooLarge,
     RouteNotFound,
 )
 
@@ -47,7 +49,15 @@ def problem_response(request: Request, error: MaskfleetError) -> Response:
     log.log(level, "request failed", extra={"status": error.status, "code": error.code,
                                             "detail": error.detail, "request_id": request_id,
                                             "path": request.url.path})
-    return Response(json.dumps(body), status_code=error.status, media_type=PROBLEM_JSON)
+    # set here too, not only by the RequestContext middleware: Starlette sends the answer to
+    # an unhandled exception from outside every user middleware
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    if isinstance(error, Overloaded):
+        settings = getattr(request.app.state, "settings", None)
+        headers["Retry-After"] = str(getattr(settings, "retry_after_seconds",
+                                             error.retry_after))
+    return Response(json.dumps(body), status_code=error.status, media_type=PROBLEM_JSON,
+                    headers=headers)
 
 
 async def _maskfleet_error(request: Request, exc: Exception) -> Response:
@@ -69,6 +79,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = RouteNotFound(f"no endpoint at {request.url.path}")
     elif exc.status_code == 405:
         error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    elif exc.status_code == 413:  # middleware.BodyLimit
+        error = PayloadTooLarge(str(exc.detail))
     else:
         error = MaskfleetError(str(exc.detail))
         error.status, error.code = exc.status_code, f"http_{exc.status_code}"

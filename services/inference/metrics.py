@@ -64,5 +64,20 @@ class ApiMetrics:
         self.feedback_iou = Histogram(
             "maskfleet_feedback_iou", "IoU of the served mask against the corrected one",
             ["version"], buckets=IOU_BUCKETS, registry=r)
+        self.requests_shed = Counter(
+            "maskfleet_requests_shed", "Requests refused at once with 503 because a bounded "
+            "queue or the pixel budget was full", ["reason"], registry=r)
+        self.deadline_exceeded = Counter(
+            "maskfleet_deadline_exceeded", "Requests answered 504: their deadline passed "
+            "before their work finished", registry=r)
+        self.work_dropped = Counter(
+            "maskfleet_work_dropped", "Queued work dropped before it ran, by stage (codec, "
+            "model) and reason (deadline, disconnected)", ["stage", "reason"], registry=r)
+        self.queue_depth = Gauge(
+            "maskfleet_queue_depth", "Work waiting: images for the model (batch), jobs for "
+            "the codec threads (codec)", ["queue"], registry=r)
+        self.pixels_in_flight = Gauge(
+            "maskfleet_pixels_in_flight", "Pixels of the requests being decoded, segmented or "
+            "encoded (bounded by max_inflight_pixels)", registry=r)
         self.jobs_submitted = Counter(
             "maskfleet_jobs_submitted", "Batch jobs submitted", registry=r)

@@ -1,4 +1,10 @@
-"""Per-request context: the X-Request-Id and the HTTP metrics, as one pure ASGI middleware.
+"""Per-request context: the X-Request-Id, the HTTP metrics and client disconnects, as one pure
+ASGI middleware.
+
+Once a request's body has been read, a watcher waits for the client to go away; if it does
+before the answer is sent, the request's task is cancelled, which drops its queued codec and
+model work (the batcher skips abandoned items). Such requests are counted with status 499,
+nginx's "client closed request".
 
 Pure ASGI (no BaseHTTPMiddleware) because it runs on every request of a latency-bound API.
 The `route` label is the matched path template, so /v2/models/{name}/infer stays one series;
@@ -8,11 +14,14 @@ Scrapes of /metrics are not counted, so watching the API does not change what it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ApiMetrics
@@ -22,6 +31,7 @@ MODEL_VERSION = "x-model-version"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNMATCHED = "unmatched"
 SCRAPE_PATH = "/metrics"
+CLIENT_CLOSED = 499
 
 
 class RequestContext:
@@ -36,14 +46,34 @@ class RequestContext:
         request_id = _incoming_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status, version = 500, "none"
+        task = asyncio.current_task()
+        watcher: asyncio.Task[None] | None = None
+        answered = gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered and task is not None:
+                gone = True
+                task.cancel()
+
+        async def receive_and_watch() -> Message:
+            nonlocal watcher
+            message = await receive()
+            if (watcher is None and message["type"] == "http.request"
+                    and not message.get("more_body", False)):
+                watcher = asyncio.create_task(watch_disconnect())
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, version
+            nonlocal status, version, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID] = request_id
                 version = headers.get(MODEL_VERSION, version)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
             await send(message)
 
         if scope["path"] == SCRAPE_PATH:
@@ -53,8 +83,17 @@ class RequestContext:
         m.http_in_flight.inc()
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_and_watch, send_with_id)
+        except asyncio.CancelledError:
+            if not gone or task is None:
+                raise
+            task.uncancel()  # we cancelled it: the request ends here, quietly
+            status = CLIENT_CLOSED
         finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             m.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", UNMATCHED)
             labels = (route, scope["method"], str(status), version)
@@ -88,3 +127,60 @@ class StripPathPrefix:
                              "raw_path": (path[len(prefix):] or "/").encode()}
                     break
         await self.app(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` so that every reader (our own, FastAPI's JSON parsing, which
+    re-raises HTTP exceptions) stops at the limit; rendered as a 413 problem."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body exceeds the {limit} bytes this route accepts")
+        self.limit = limit
+
+
+class BodyLimit:
+    """The body limit of every route, enforced while the body streams in.
+
+    A declared Content-Length over the limit fails the first read; a chunked or lying body
+    fails the read that crosses it, so no more than `limit` bytes are ever buffered. Routes
+    under a prefix in `limits` get that limit (JSON-only routes take far less than images).
+    """
+
+    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int]) -> None:
+        self.app = app
+        self.default = default
+        self.limits = sorted(limits.items(), key=lambda kv: -len(kv[0]))
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.limits:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _content_length(scope)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if declared is not None and declared > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

@@ -72,10 +72,49 @@ class InferInput:
     encoded: list[bytes] | None
     outputs: dict[str, bool]
     """Requested output name -> send it as binary data."""
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one request may cost, checked from shapes and image headers before decoding.
+
+    Every output is built from full-size masks, so the pixels of a request's images bound its
+    memory; the `mask` tensor costs more (stacked, then serialised) and as JSON every pixel
+    becomes a list entry (~10 bytes while it is built), hence the smaller limits.
+    """
+
+    image_pixels: int
+    """Largest width x height of one image."""
+    request_pixels: int
+    """Sum over a request's images."""
+    mask_pixels: int
+    """Sum over the masks of a `mask` (UINT8) output."""
+    json_mask_pixels: int
+    """Sum over the masks of a `mask` output sent as JSON rather than binary data."""
+
+
+def check_budget(sizes: Sequence[tuple[int, int]], outputs: dict[str, bool],
+                 budget: Budget) -> int:
+    """The request's total pixels, or 413 `too_many_pixels` naming the limit it breaks."""
+    total = sum(w * h for w, h in sizes)
+    if total > budget.request_pixels:
+        raise TooManyPixels(f"the request's images have {total} pixels in all; at most "
+                            f"{budget.request_pixels} are accepted per request")
+    if MASK in outputs:
+        if total > budget.mask_pixels:
+            raise TooManyPixels(f"a `{MASK}` output of {total} pixels is more than the "
+                                f"{budget.mask_pixels} allowed; request `{MASK_PNG}` instead")
+        if not outputs[MASK] and total > budget.json_mask_pixels:
+            raise TooManyPixels(
+                f"a JSON `{MASK}` output of {total} pixels is more than the "
+                f"{budget.json_mask_pixels} allowed; ask for binary data "
+                f"(parameters.binary_data) or the `{MASK_PNG}` output")
+    return total
 
 
 def parse_request(body: bytes, header_length: str | None, *, max_images: int,
-                  max_pixels: int) -> InferInput:
+                  budget: Budget) -> InferInput:
     """Body bytes (JSON, or JSON + binary tensors) -> validated input; 400/413 otherwise."""
     head, binary = _split(body, header_length)
     try:
@@ -91,15 +130,16 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int,
         limit = f"between 1 and {max_images}"
         error = PayloadTooLarge if count > max_images else InvalidInferenceRequest
         raise error(f"a request carries {limit} images; shape {tensor.shape} has {count}")
+    outputs = _outputs(request)
     if tensor.datatype == UINT8:
-        pixels, encoded = _pixels(tensor, raw, max_pixels), None
+        pixels, encoded = _pixels(tensor, raw, outputs, budget), None
     elif tensor.datatype == BYTES:
         pixels, encoded = None, _encoded(tensor, raw)
     else:
         raise InvalidInferenceRequest(
             f"input datatype {tensor.datatype!r} is not accepted: send UINT8 [N,H,W,3] pixels "
             f"or BYTES [N] encoded images")
-    return InferInput(request.id, pixels, encoded, _outputs(request))
+    return InferInput(request.id, pixels, encoded, outputs, request.parameters)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -125,12 +165,15 @@ def _binary_slice(tensor: TensorInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _pixels(tensor: TensorInput, raw: bytes | None, max_pixels: int) -> npt.NDArray[np.uint8]:
+def _pixels(tensor: TensorInput, raw: bytes | None, outputs: dict[str, bool],
+            budget: Budget) -> npt.NDArray[np.uint8]:
     shape = tensor.shape
     if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
         raise InvalidInferenceRequest(f"UINT8 input must have shape [N, H, W, 3]; got {shape}")
-    if shape[1] * shape[2] > max_pixels:
-        raise TooManyPixels(f"{shape[2]}x{shape[1]} is more than the {max_pixels} pixels allowed")
+    if shape[1] * shape[2] > budget.image_pixels:
+        raise TooManyPixels(f"{shape[2]}x{shape[1]} is more than the {budget.image_pixels} "
+                            "pixels allowed per image")
+    check_budget([(shape[2], shape[1])] * shape[0], outputs, budget)
     expected = int(np.prod(shape))
     if raw is not None:
         flat = np.frombuffer(raw, dtype=np.uint8)

@@ -64,10 +64,63 @@ class InferenceSettings(JobSettings):
     timeout per interval instead of one per request."""
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    """Largest request body accepted (413 beyond)."""
+    """Largest request body accepted on image routes, enforced while it streams in (413)."""
+
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest body of the JSON-only routes (/v1/jobs): a job request is a few KB, and a body
+    is parsed whole into memory."""
 
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    """Largest width x height accepted before decoding (decompression-bomb guard, 413)."""
+    """Largest width x height of one image, read from its header before decoding (413
+    `too_many_pixels`). 16 MP fits a phone photo; the 128-px model gains nothing from more."""
+
+    max_request_pixels: int = Field(default=48_000_000, ge=1)
+    """Sum of width x height over one request's images (413 beyond)."""
+
+    max_mask_output_pixels: int = Field(default=16_000_000, ge=1)
+    """Sum over the masks of an OIP `mask` (UINT8 tensor) output, which is stacked and
+    serialised whole (413 beyond; `mask_png` has no such limit)."""
+
+    max_json_mask_pixels: int = Field(default=1_048_576, ge=1)
+    """Sum over the masks of a `mask` output sent as a JSON list, where every pixel becomes a
+    list entry; larger masks must be asked for as binary data or `mask_png` (413)."""
+
+    max_inflight_pixels: int = Field(default=96_000_000, ge=1)
+    """Pixels of all requests being served at once (decoded images and full-size masks scale
+    with them): beyond it a request is shed with 503. With ~4 bytes held per pixel this bounds
+    request memory to roughly 400 MB above the model's own footprint."""
+
+    batch_max_queue_images: int = Field(default=64, ge=1)
+    """Images waiting for the model before new requests are shed with 503 + Retry-After (TF
+    Serving's max_enqueued_batches, Triton's max_queue_size): bounds queueing delay to a few
+    batch times instead of letting it grow with the offered load."""
+
+    codec_max_queue: int = Field(default=64, ge=1)
+    """Decode/encode jobs waiting for a codec thread before requests are shed with 503."""
+
+    request_timeout_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """Deadline of an inference request; work still queued when it passes is dropped before
+    the model and the caller gets 504. Callers may shorten it (`X-Request-Timeout` seconds,
+    OIP `parameters.timeout` microseconds), never extend it."""
+
+    retry_after_seconds: int = Field(default=1, ge=1, le=600)
+    """`Retry-After` sent with 503 answers of load shedding."""
+
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request head (request line and headers); larger heads get 431 and the
+    connection is closed."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    """Time a client has to send a request's head once it started it (slowloris guard:
+    408 and close)."""
+
+    body_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    """Time a client has to send a request's whole body after its head (guards against
+    bodies trickling in: 408 and close)."""
+
+    limit_concurrency: int = Field(default=1000, ge=1)
+    """Most connections plus requests uvicorn serves at once; beyond it uvicorn answers 503
+    itself, so idle or slow sockets cannot exhaust file descriptors and memory."""
 
     max_images_per_request: int = Field(default=64, ge=1, le=1024)
     """Most images in one Open Inference Protocol v2 request."""
@@ -103,6 +156,13 @@ class InferenceSettings(JobSettings):
     prefix the retraining loader reads (the default is that of `make run`'s `./var/data`)."""
 
     @model_validator(mode="after")
+    def _budgets_fit_together(self) -> Self:
+        if self.max_request_pixels > self.max_inflight_pixels:
+            raise ValueError("max_request_pixels must not exceed max_inflight_pixels, or such "
+                             "requests could never be admitted")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_unsafe_serving_values(self) -> Self:
         if self.environment != "production":
             return self
@@ -111,6 +171,8 @@ class InferenceSettings(JobSettings):
             problems.append(f"max_pixels above {DEFAULT_MAX_PIXELS} weakens the bomb guard")
         if self.max_body_bytes > PRODUCTION_MAX_BODY_BYTES:
             problems.append(f"max_body_bytes above {PRODUCTION_MAX_BODY_BYTES}")
+        if self.max_json_body_bytes > PRODUCTION_MAX_BODY_BYTES:
+            problems.append(f"max_json_body_bytes above {PRODUCTION_MAX_BODY_BYTES}")
         slowest = max(self.redis_socket_timeout_ms, self.redis_connect_timeout_ms)
         if slowest > PRODUCTION_MAX_REDIS_TIMEOUT_MS:
             problems.append("Redis timeouts above 1 s let a slow cache stall requests")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 
 from shared.errors import EmptyBody, InvalidImage, InvalidMask, TooManyPixels, UnsupportedMediaType
 from shared.imaging import (
+    apply_exif_orientation,
     class_fractions,
     decode_mask,
     encode_png,
@@ -17,6 +20,7 @@ from shared.imaging import (
     mask_to_class_ids,
     open_image,
     preprocess,
+    probe,
 )
 from shared.segmentation import prepare
 from training.data import decode_pair
@@ -137,3 +141,100 @@ def test_training_skips_unreadable_pairs_instead_of_failing() -> None:
     assert not ok
     _, _, ok = decode_pair(sample.jpeg, encode_png(np.zeros((4, 4), np.uint8)), 64)
     assert not ok
+
+
+# --- hostile and unusual inputs: refused from the header, or converted predictably ---------
+
+def png_header_only(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A PNG that declares `width x height` and carries one tiny IDAT (a bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header is patched to declare `width x height`."""
+    data = bytearray(encoded(gradient(16, 16), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def test_a_huge_png_header_is_too_many_pixels_not_an_unknown_format() -> None:
+    with pytest.raises(TooManyPixels):
+        probe(png_header_only(30000, 30000))
+    with pytest.raises(TooManyPixels, match="per image"):
+        probe(png_header_only(6300, 6300))
+
+
+def test_a_png_compressed_beyond_any_real_image_is_a_bomb() -> None:
+    flat = encoded(Image.new("L", (3000, 3000)), "PNG")  # 9 MP of zeros in a few KB
+    with pytest.raises(TooManyPixels, match="decompression bomb"):
+        probe(flat)
+    small_flat = encoded(Image.new("L", (500, 500)), "PNG")
+    assert probe(small_flat).size == (500, 500), "small flat images stay cheap and pass"
+    noise = np.random.default_rng(1).integers(0, 8, (1000, 1200, 3), dtype=np.uint8)
+    photo_like = Image.fromarray(np.asarray(gradient(1200, 1000)) // 2 + noise)
+    assert probe(encoded(photo_like, "PNG")).size == (1200, 1000)
+
+
+def test_a_jpeg_whose_scan_ends_long_before_its_declared_size_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="truncated"):
+        probe(jpeg_declaring(3000, 3000))
+    flat = encoded(Image.new("RGB", (3000, 2000), (120, 80, 40)), "JPEG")
+    assert probe(flat).size == (3000, 2000), "a real flat photo has enough scan data"
+
+
+def test_trailing_bytes_are_not_part_of_the_image() -> None:
+    for fmt in ("JPEG", "PNG"):
+        data = encoded(gradient(40, 30), fmt)
+        assert probe(data + b"\x00trailing junk\xff\xd9").length == len(data)
+
+
+def test_mpo_photos_are_read_as_their_first_frame() -> None:
+    first, second = gradient(64, 48), gradient(64, 48).rotate(180)
+    mpo = encoded(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    header = probe(mpo)
+    assert (header.format, header.size) == ("JPEG", (64, 48))
+    pixels, _ = preprocess(mpo, 32)
+    expected, _ = preprocess(encoded(first, "JPEG"), 32)
+    assert np.abs(pixels - expected).mean() < 0.02
+
+
+def test_exif_orientation_gives_masks_in_the_orientation_viewers_show() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise (portrait)
+    stored = gradient(80, 40)
+    data = encoded(stored, "JPEG", exif=exif)
+    assert probe(data).size == (40, 80)
+    image, size = open_image(data)
+    assert size == image.size == (40, 80)
+    upright = np.asarray(stored.transpose(Image.Transpose.ROTATE_270), np.float32)
+    assert np.abs(np.asarray(image, np.float32) - upright).mean() < 3
+    assert apply_exif_orientation(stored, 1) is stored
+
+
+def test_sixteen_bit_cmyk_palette_and_alpha_convert_predictably() -> None:
+    ramp = (np.arange(256, dtype=np.uint16)[None, :].repeat(8, 0) * 257)
+    sixteen = Image.fromarray(ramp.astype("<u2"))  # mode I;16
+    image, _ = open_image(encoded(sixteen, "PNG"))
+    np.testing.assert_array_equal(np.asarray(image)[0, :, 0], np.arange(256))
+
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    red = np.asarray(open_image(encoded(cmyk, "JPEG"))[0], np.int32)
+    assert red[..., 0].mean() > 200
+    assert red[..., 1:].mean() < 60
+
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert np.asarray(open_image(encoded(clear, "PNG"))[0]).min() == 255, "over white"
+
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([10, 20, 30] + [0, 0, 0] * 255)
+    np.testing.assert_array_equal(np.asarray(open_image(encoded(palette, "PNG"))[0])[0, 0],
+                                  [10, 20, 30])
+    transparent = encoded(palette, "PNG", transparency=0)
+    assert np.asarray(open_image(transparent)[0]).min() == 255

@@ -14,14 +14,18 @@ from PIL import Image
 from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
-from services.inference.oip import build_response, parse_request
+from services.inference.oip import Budget, build_response, check_budget, parse_request
 from shared.errors import InvalidInferenceRequest, MaskfleetError, PayloadTooLarge, TooManyPixels
 
 
 def parse(body: dict | bytes, header_length: str | None = None, **limits: int):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    budget = Budget(image_pixels=limits.get("max_pixels", 10_000),
+                    request_pixels=limits.get("request_pixels", 40_000),
+                    mask_pixels=limits.get("mask_pixels", 20_000),
+                    json_mask_pixels=limits.get("json_mask_pixels", 10_000))
     return parse_request(raw, header_length, max_images=limits.get("max_images", 8),
-                         max_pixels=limits.get("max_pixels", 10_000))
+                         budget=budget)
 
 
 def png(width: int = 5, height: int = 4) -> bytes:
@@ -166,3 +170,23 @@ def test_truncated_binary_bytes_tensors_are_refused():
                                    "parameters": {"binary_data_size": len(raw)}}]}).encode()
     with pytest.raises(InvalidInferenceRequest, match="truncated"):
         parse(head + raw, str(len(head)))
+
+
+@pytest.mark.parametrize(("sizes", "outputs", "limit"), [
+    ([(100, 100)] * 5, {"mask_png": False}, "per request"),
+    ([(100, 150)] * 2, {"mask": True}, "request `mask_png` instead"),
+    ([(100, 60)] * 2, {"mask": False}, "binary data"),
+])
+def test_request_budgets_refuse_before_decoding(sizes, outputs, limit):
+    budget = Budget(image_pixels=10_000, request_pixels=40_000, mask_pixels=20_000,
+                    json_mask_pixels=10_000)
+    with pytest.raises(TooManyPixels, match=limit):
+        check_budget(sizes, outputs, budget)
+    assert check_budget(sizes[:1], {"mask_png": False}, budget) == sizes[0][0] * sizes[0][1]
+
+
+def test_a_json_mask_of_declared_pixels_is_refused_before_the_data_is_read():
+    request = {"inputs": [{"name": "images", "shape": [4, 60, 60, 3], "datatype": "UINT8",
+                           "data": [0]}]}
+    with pytest.raises(TooManyPixels, match="binary data"):
+        parse(request)

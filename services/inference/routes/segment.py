@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from ..admission import TIMEOUT_HEADER, Deadline, header_timeout
 from ..body import IMAGE_FIELD, read_image
 from ..deps import RequestIdDep, SegmenterDep, ServedLogDep, SettingsDep
 from ..errors import PROBLEM_JSON
@@ -52,8 +53,10 @@ async def segment(
         description="`json` for metadata and a base64 mask; default PNG unless the Accept "
                     "header asks for application/json")] = None,
 ) -> Response:
+    deadline = Deadline.within(settings.request_timeout_seconds).tightened(
+        header_timeout(request.headers.get(TIMEOUT_HEADER)))
     image = await read_image(request, settings.max_body_bytes)
-    answer = await segmenter.segment(image)
+    answer = await segmenter.segment(image, deadline)
     await served_log.remember(ServedMask(
         request_id, answer.model, answer.version, image, answer.image_sha256,
         answer.mask.png, answer.cached))

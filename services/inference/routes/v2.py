@@ -10,14 +10,25 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from shared.errors import ModelNotFound, UnsupportedMediaType, VersionNotFound
 
+from ..admission import TIMEOUT_HEADER, Deadline, header_timeout, oip_timeout
 from ..body import read_body
 from ..deps import HolderDep, RequestIdDep, SegmenterDep, SettingsDep
 from ..model_holder import ModelHolder, ServedModel
-from ..oip import BYTES, HEADER_LENGTH, MASK, MASK_PNG, UINT8, build_response, parse_request
+from ..oip import (
+    BYTES,
+    HEADER_LENGTH,
+    MASK,
+    MASK_PNG,
+    UINT8,
+    Budget,
+    InferInput,
+    build_response,
+    check_budget,
+    parse_request,
+)
 from ..pipeline import MaskBatch, Segmenter
 from ..settings import InferenceSettings
 
@@ -120,25 +131,51 @@ async def infer_version(name: str, version: str, request: Request, holder: Holde
 async def _infer(request: Request, name: str, version: str | None, holder: ModelHolder,
                  segmenter: Segmenter, settings: InferenceSettings,
                  request_id: str) -> Response:
+    deadline = Deadline.within(settings.request_timeout_seconds).tightened(
+        header_timeout(request.headers.get(TIMEOUT_HEADER)))
     _served(holder, settings, name, version)
     if request.headers.get("content-encoding", "identity") != "identity":
         raise UnsupportedMediaType("compressed request bodies are not accepted")
     body = await read_body(request, settings.max_body_bytes)
-    parsed = await run_in_threadpool(
-        parse_request, body, request.headers.get(HEADER_LENGTH),
-        max_images=settings.max_images_per_request, max_pixels=settings.max_pixels)
-    batch: MaskBatch
-    if parsed.pixels is not None:
-        batch = await segmenter.segment_pixels(parsed.pixels)
-    else:
-        assert parsed.encoded is not None
-        batch = await segmenter.segment_encoded(parsed.encoded)
+    budget = _budget(settings)
+    parsed = await segmenter.codec(
+        parse_request, body, request.headers.get(HEADER_LENGTH), deadline=deadline,
+        max_images=settings.max_images_per_request, budget=budget)
+    del body
+    deadline = deadline.tightened(oip_timeout(parsed.parameters))
+    async with segmenter.within(deadline):
+        batch: MaskBatch
+        if parsed.pixels is not None:
+            n, height, width = parsed.pixels.shape[:3]
+            with segmenter.admit(n * height * width):
+                batch = await segmenter.segment_pixels(parsed.pixels, deadline)
+                content, headers = await _answer(segmenter, batch, parsed, request_id, deadline)
+        else:
+            assert parsed.encoded is not None
+            images = await segmenter.probe(parsed.encoded, deadline)
+            total = check_budget([i.size for i in images], parsed.outputs, budget)
+            with segmenter.admit(total):
+                batch = await segmenter.segment_encoded(parsed.encoded, images, deadline)
+                content, headers = await _answer(segmenter, batch, parsed, request_id, deadline)
     if version is not None and version != str(batch.version):
         raise VersionNotFound(f"version {version} was replaced by {batch.version} while the "
                               f"request ran")
-    content, headers = await run_in_threadpool(
-        build_response, model=batch.model, version=batch.version,
-        request_id=parsed.id or request_id, masks=batch.masks, outputs=parsed.outputs)
     headers["X-Model-Version"] = str(batch.version)
     media = "application/octet-stream" if HEADER_LENGTH in headers else "application/json"
     return Response(content, media_type=media, headers=headers)
+
+
+async def _answer(segmenter: Segmenter, batch: MaskBatch, parsed: InferInput, request_id: str,
+                  deadline: Deadline) -> tuple[bytes, dict[str, str]]:
+    """The answer is built on the bounded codec pool: serialising masks costs as much as
+    decoding images."""
+    return await segmenter.codec(
+        build_response, deadline=deadline, model=batch.model, version=batch.version,
+        request_id=parsed.id or request_id, masks=batch.masks, outputs=parsed.outputs)
+
+
+def _budget(settings: InferenceSettings) -> Budget:
+    return Budget(image_pixels=settings.max_pixels,
+                  request_pixels=settings.max_request_pixels,
+                  mask_pixels=settings.max_mask_output_pixels,
+                  json_mask_pixels=settings.max_json_mask_pixels)
