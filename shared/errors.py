@@ -162,6 +162,14 @@ class MethodNotAllowed(MaskfleetError):
     title = "Method not allowed"
 
 
+class PublishConflict(MaskfleetError):
+    """Other publishers kept taking the next version number (see shared/repository.py)."""
+
+    status = 409
+    code = "publish_conflict"
+    title = "Could not claim a version number"
+
+
 class ModelNotReady(MaskfleetError):
     status = 503
     code = "model_not_ready"
@@ -198,6 +206,14 @@ class RequestTimeout(InvalidInput):
     status = 408
     code = "request_timeout"
     title = "The request was not received in time"
+
+class Draining(MaskfleetError):
+    """The pod is shutting down: readiness fails so load balancers stop sending new requests,
+    while requests that still arrive are served until SIGTERM."""
+
+    status = 503
+    code = "draining"
+    title = "The server is shutting down"
 
 
 class StorageError(MaskfleetError):

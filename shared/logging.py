@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from shared.errors import clip
 
@@ -47,8 +47,9 @@ def _bounded_str(value: object) -> str:
     return clip(str(value))
 
 
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """JSON lines to stdout (services), or to `stream` (CLIs whose stdout is their output)."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -4,26 +4,44 @@ A version is visible only once its `COMPLETE` marker exists; the marker is writt
 other file, so a publish that crashes half-way leaves nothing a reader would load. This does
 not rely on GCS generation preconditions (the emulator ignores them). Version numbers are
 never reused, even after a crashed publish, so caches keyed by version stay correct.
+
+Two publishers (two manual training runs, an import beside a run) never share a version
+folder: each claims the next number by writing a uniquely named claim object into it and then
+listing the folder; whoever finds anything besides its own claim backs off and takes a later
+number. GCS lists are strongly consistent, so of two claims the later one always sees the
+earlier: at most one publisher owns a number, with no lock service and no preconditions.
+
+Stage pointers remember the versions they named before, so a stage can be rolled back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import secrets
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.errors import ModelNotFound, ObjectNotFound, VersionNotFound
+from shared.errors import ModelNotFound, ObjectNotFound, PublishConflict, VersionNotFound
 from shared.settings import Stage
 from shared.storage import Storage, folder, join, storage_for
 
 MARKER = "COMPLETE"
 METADATA = "metadata.json"
 STAGES = "stages"
+CLAIM_PREFIX = "CLAIMED-BY-"
+CLAIM_ATTEMPTS = 30
+HISTORY_LENGTH = 20
+KEEP_DOWNLOADED = 2
+"""Downloaded versions kept per model: the one being served and the one before it (a swap
+back, or a worker's second pinned version, needs no second download)."""
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +61,8 @@ class VersionMetadata(BaseModel):
 class StagePointer(BaseModel):
     version: int
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    previous: list[int] = Field(default_factory=list)
+    """Versions this stage named before, oldest first (at most 20): what a rollback returns to."""
 
 
 class ModelRepository:
@@ -82,34 +102,88 @@ class ModelRepository:
         return VersionMetadata.model_validate_json(raw)
 
     def publish(self, model: str, saved_model: Path, metadata: VersionMetadata) -> int:
-        """Upload a SavedModel as the next version; the marker goes last."""
-        numbered = self._numbered(model)
-        version = max(numbered, default=0) + 1
+        """Upload a SavedModel as the next free version; the marker goes last."""
+        version, claim = self._claim(model)
         prefix = self._uri(model, str(version))
+        ours = {MARKER, METADATA}
         for path in sorted(p for p in saved_model.rglob("*") if p.is_file()):
-            self.storage.write(join(prefix, path.relative_to(saved_model).as_posix()),
-                               path.read_bytes())
+            relative = path.relative_to(saved_model).as_posix()
+            if relative in ours or relative.startswith(CLAIM_PREFIX):
+                continue  # a version folder imported as is: its marker must not go first
+            self.storage.write(join(prefix, relative), path.read_bytes())
         stamped = metadata.model_copy(update={"model": model, "version": version})
         self.storage.write(join(prefix, METADATA), stamped.model_dump_json(indent=2).encode(),
                            "application/json")
         self.storage.write(join(prefix, MARKER), b"", "text/plain")
+        self.storage.delete(claim)
         log.info("published version", extra={"model": model, "version": version})
         return version
 
+    def _claim(self, model: str) -> tuple[int, str]:
+        """The next version number nobody else is writing, and the URI of our claim on it."""
+        token = f"{CLAIM_PREFIX}{secrets.token_hex(8)}"
+        for _ in range(CLAIM_ATTEMPTS):
+            version = max(self._numbered(model), default=0) + 1
+            claim = self._uri(model, str(version), token)
+            self.storage.write(claim, f"{os.getpid()}\n".encode(), "text/plain")
+            present = self.storage.list(folder(self._uri(model, str(version))))
+            if present == [claim]:
+                return version, claim
+            self.storage.delete(claim)
+            log.info("version number taken by another publisher; trying the next",
+                     extra={"model": model, "version": version})
+            time.sleep(random.uniform(0.0, 0.2))  # jitter, not cryptography
+        raise PublishConflict(f"{model}: no free version number after {CLAIM_ATTEMPTS} tries")
+
     def stage(self, model: str, stage: Stage | str) -> int | None:
         """The version a stage points to, or None when unset or pointing at nothing loadable."""
+        pointer = self._pointer(model, stage)
+        if pointer is None:
+            return None
+        return pointer.version if self.is_complete(model, pointer.version) else None
+
+    def _pointer(self, model: str, stage: Stage | str) -> StagePointer | None:
         try:
             raw = self.storage.read(self._uri(model, STAGES, f"{stage}.json"))
         except ObjectNotFound:
             return None
-        version = StagePointer.model_validate_json(raw).version
-        return version if self.is_complete(model, version) else None
+        return StagePointer.model_validate_json(raw)
+
+    def history(self, model: str, stage: Stage | str) -> list[int]:
+        """Versions the stage named before its current one, oldest first."""
+        pointer = self._pointer(model, stage)
+        return [] if pointer is None else list(pointer.previous)
 
     def set_stage(self, model: str, stage: Stage | str, version: int) -> None:
         if not self.is_complete(model, version):
             raise VersionNotFound(f"{model} has no version {version}")
-        pointer = StagePointer(version=version).model_dump_json().encode()
-        self.storage.write(self._uri(model, STAGES, f"{stage}.json"), pointer, "application/json")
+        current = self._pointer(model, stage)
+        previous = [] if current is None else list(current.previous)
+        if current is not None and current.version != version:
+            previous.append(current.version)
+        self._write_pointer(model, stage, StagePointer(
+            version=version, previous=previous[-HISTORY_LENGTH:]))
+
+    def rollback_stage(self, model: str, stage: Stage | str) -> int | None:
+        """Point the stage back at the newest earlier version that still exists.
+
+        Returns that version, or None when the stage has no earlier one (it is left as is).
+        """
+        current = self._pointer(model, stage)
+        if current is None:
+            return None
+        previous = list(current.previous)
+        while previous:
+            version = previous.pop()
+            if version != current.version and self.is_complete(model, version):
+                self._write_pointer(model, stage,
+                                    StagePointer(version=version, previous=previous))
+                return version
+        return None
+
+    def _write_pointer(self, model: str, stage: Stage | str, pointer: StagePointer) -> None:
+        self.storage.write(self._uri(model, STAGES, f"{stage}.json"),
+                           pointer.model_dump_json().encode(), "application/json")
 
     def clear_stage(self, model: str, stage: Stage | str) -> None:
         self.storage.delete(self._uri(model, STAGES, f"{stage}.json"))
@@ -126,10 +200,18 @@ class ModelRepository:
             raise ModelNotFound(f"{model} has no version at stage {stage!r}")
         return resolved
 
-    def download(self, model: str, version: int, cache_dir: Path) -> Path:
-        """Copy a version into `cache_dir/<model>/<version>` once; later calls reuse it."""
+    def download(self, model: str, version: int, cache_dir: Path,
+                 keep: int = KEEP_DOWNLOADED) -> Path:
+        """Copy a version into `cache_dir/<model>/<version>` once; later calls reuse it.
+
+        Each call marks the version as used; beyond `keep` versions of this model, the least
+        recently used are deleted, so a long-lived pod's /tmp does not fill up with every
+        version it ever served. (A loaded SavedModel no longer needs its files.)
+        """
         target = cache_dir / model / str(version)
         if (target / MARKER).exists():
+            target.touch()
+            _prune(target.parent, keep)
             return target
         if not self.is_complete(model, version):
             raise VersionNotFound(f"{model} has no version {version}")
@@ -141,6 +223,16 @@ class ModelRepository:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        target.touch()
+        _prune(target.parent, keep)
         return target
 
 
+def _prune(model_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` most recently used version folders (in-flight ones are hidden
+    `.N-*` folders and never touched)."""
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+    versions.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for stale in versions[max(1, keep):]:
+        shutil.rmtree(stale, ignore_errors=True)
+        log.info("pruned downloaded version", extra={"path": str(stale)})

@@ -1,7 +1,9 @@
 """`python -m services.inference`: one uvicorn process serving the API.
 
 uvicorn owns SIGTERM/SIGINT: it stops accepting connections, lets in-flight requests finish
-(up to `shutdown_timeout_seconds`), then runs the app's lifespan shutdown.
+(up to `shutdown_timeout_seconds`), then runs the app's lifespan shutdown. On Kubernetes the
+preStop hook has already made /readyz fail and waited for the endpoint removal to propagate
+(see `drain.py`), so no new request arrives after the listener closes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=round(settings.shutdown_timeout_seconds),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
     )
     uvicorn.Server(config).run()
 

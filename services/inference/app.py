@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 import redis.asyncio as redis
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from .admission import PixelBudget
 from .batcher import Batcher
 from .cache import ResultCache
 from .codec import CodecPool
+from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
 from .metrics import ApiMetrics
@@ -29,6 +31,14 @@ from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
 from .routes import feedback, health, jobs, segment, v2
 from .settings import InferenceSettings
+
+
+def software_version() -> str:
+    """The installed maskfleet distribution's version (`0+unknown` when run from a bare tree)."""
+    try:
+        return version("maskfleet")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def create_app(
@@ -52,9 +62,11 @@ def create_app(
                           max_pixels=settings.max_pixels)
     served_log = RedisServedLog.from_settings(settings, redis_client)
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
+    drain = DrainMarker(settings.drain_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        drain.clear()
         segmenter.start()
         await batcher.start()
         await holder.start()
@@ -69,12 +81,14 @@ def create_app(
 
     app = FastAPI(
         title="maskfleet inference",
+        version=software_version(),
         summary="Pet/background/border segmentation with a TensorFlow U-Net",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.holder = holder
+    app.state.drain = drain
     app.state.batcher = batcher
     app.state.cache = cache
     app.state.segmenter = segmenter

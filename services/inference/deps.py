@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .drain import DrainMarker
 from .feedback import Feedback, ServedLog
 from .metrics import ApiMetrics
 from .model_holder import ModelHolder
@@ -26,6 +27,11 @@ async def get_settings(request: Request) -> InferenceSettings:
 async def get_holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
+
+
+async def get_drain(request: Request) -> DrainMarker:
+    drain: DrainMarker = request.app.state.drain
+    return drain
 
 
 async def get_segmenter(request: Request) -> Segmenter:
@@ -55,6 +61,7 @@ async def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[InferenceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+DrainDep = Annotated[DrainMarker, Depends(get_drain)]
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]

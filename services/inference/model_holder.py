@@ -81,6 +81,11 @@ class ModelHolder:
     def current(self) -> ServedModel | None:
         return self._current
 
+    @property
+    def stage(self) -> str:
+        """The stage followed, or `pinned` when a version is."""
+        return self._stage
+
     def require(self) -> ServedModel:
         """The served version, or 503 while none is loaded yet."""
         served = self._current

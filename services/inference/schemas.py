@@ -19,6 +19,22 @@ class SegmentAnswer(BaseModel):
     request_id: str
 
 
+class ServedVersion(BaseModel):
+    name: str
+    version: int | None = Field(description="The version being served; null while none is")
+    stage: str
+
+
+class Root(BaseModel):
+    """`GET /`: what answers here. Always 200, so load balancers that health-check `/` by
+    default (GKE's Gateway does) see a live backend; readiness is `/readyz`'s job."""
+
+    name: str
+    version: str = Field(description="Version of the maskfleet software")
+    model: ServedVersion
+    links: dict[str, str] = Field(description="Where to go next, relative to this server")
+
+
 class Health(BaseModel):
     status: str
 

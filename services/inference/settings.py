@@ -136,6 +136,16 @@ class InferenceSettings(JobSettings):
     """On SIGTERM, how long in-flight requests may take to finish before uvicorn gives up;
     keep it below the pod's terminationGracePeriodSeconds."""
 
+    keep_alive_timeout_seconds: int = Field(default=620, ge=1, le=3600)
+    """How long uvicorn keeps an idle keep-alive connection open. Google's load balancers
+    reuse backend connections for up to 600 s; a backend that closes first races the
+    proxy's next request on that connection, which the client sees as a 502."""
+
+    drain_file: str | None = None
+    """A file whose existence makes /readyz answer 503 (`draining`): the chart's preStop hook
+    creates it before the pod's SIGTERM, so load balancers stop sending while the pod still
+    serves. Unset (the default outside Kubernetes) disables the check."""
+
     feedback_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     """Share of /v1/segment answers kept (image, served mask, version) so that they can receive
     a correction through /v1/feedback; 0 keeps none (every feedback is then a 404)."""

@@ -18,7 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.servers import Server, free_port, http_ok
 
 
-def start_api(repo: Path, workdir: Path, redis_url: str, **settings: object) -> Server:
+def start_api(repo: Path, workdir: Path, redis_url: str, *, ready_path: str = "/readyz",
+              **settings: object) -> Server:
+    """The API as a process; started once `ready_path` answers 200 (/healthz: not waiting for
+    a model)."""
     port = free_port()
     env = {
         "MASKFLEET_MODEL_REPOSITORY": str(repo),
@@ -31,7 +34,7 @@ def start_api(repo: Path, workdir: Path, redis_url: str, **settings: object) -> 
     }
     server = Server([sys.executable, "-m", "services.inference"], port, env=env,
                     log=workdir / f"api-{port}.log")
-    return server.start(ready=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=120)
+    return server.start(ready=lambda: http_ok(f"http://127.0.0.1:{port}{ready_path}"), timeout=120)
 
 
 def url(server: Server, path: str = "") -> str:

@@ -53,11 +53,12 @@ def test_api_probes_use_the_health_routes(rendered: list[Manifest]) -> None:
                   ("livenessProbe", "readinessProbe", "startupProbe")}
         assert probes["livenessProbe"]["path"] == "/healthz"
         assert probes["readinessProbe"]["path"] == "/readyz"
-        assert probes["startupProbe"]["path"] == "/readyz", "liveness waits for the model"
+        # a pod with no version at its stage must stay alive (unready), not crash-loop
+        assert probes["startupProbe"]["path"] == "/healthz"
         assert all(ports[p["port"]] == 8080 for p in probes.values())
         startup = c["startupProbe"]
-        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, (
-            "the model needs minutes, not seconds, to load")
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, (
+            "importing TensorFlow on a busy node takes tens of seconds")
 
 
 def test_worker_and_redis_are_probed(defaults: list[Manifest]) -> None:

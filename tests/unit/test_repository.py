@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,110 @@ def test_relative_default_root_works(
     assert repo.publish("unet", saved_model, meta()) == 2
     assert repo.versions("unet") == [1, 2]
     assert repo.models() == ["unet"]
+
+
+class RacingStorage(LocalStorage):
+    """Local storage where publishers meet: every thread's first listing waits until all of
+    them have listed, so they all compute the same `max + 1` (the race of two runs finishing
+    together, made certain)."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=30)
+        self.listed = threading.local()
+
+    def list(self, prefix: str) -> list[str]:
+        found = super().list(prefix)
+        if not getattr(self.listed, "done", False):
+            self.listed.done = True
+            self.barrier.wait()
+        return found
+
+
+def race_publishers(repo_for: Callable[[], ModelRepository], sources: list[Path]) -> list[int]:
+    with ThreadPoolExecutor(len(sources)) as pool:
+        futures = [pool.submit(repo_for().publish, "unet", src, meta(tag=float(i)))
+                   for i, src in enumerate(sources)]
+        return [f.result() for f in futures]
+
+
+def distinct_models(tmp_path: Path, count: int) -> list[Path]:
+    sources = []
+    for i in range(count):
+        root = tmp_path / f"export-{i}"
+        (root / "variables").mkdir(parents=True)
+        (root / "saved_model.pb").write_bytes(f"graph {i}".encode())
+        (root / "variables" / "variables.index").write_bytes(f"index {i}".encode())
+        sources.append(root)
+    return sources
+
+
+def test_concurrent_publishers_never_share_a_version(tmp_path: Path) -> None:
+    sources = distinct_models(tmp_path, 3)
+    storage = RacingStorage(len(sources))
+    root = str(tmp_path / "models")
+    versions = race_publishers(lambda: ModelRepository(root, storage=storage), sources)
+    assert sorted(versions) == [1, 2, 3]
+    repo = ModelRepository(root)
+    for i, version in enumerate(versions):
+        folder = Path(root) / "unet" / str(version)
+        assert repo.metadata("unet", version).metrics == {"tag": float(i)}
+        assert (folder / "saved_model.pb").read_bytes() == f"graph {i}".encode()
+        assert (folder / "variables" / "variables.index").read_bytes() == f"index {i}".encode()
+        assert sorted(p.name for p in folder.iterdir()) == [
+            MARKER, "metadata.json", "saved_model.pb", "variables"], "claims are removed"
+
+
+def test_republishing_a_version_folder_still_writes_the_marker_last(
+    tmp_path: Path, saved_model: Path
+) -> None:
+    """`maskfleet-models import` of a folder copied out of a repository: its own COMPLETE and
+    metadata.json must not be uploaded first and make a half-copied version visible."""
+    source = ModelRepository(str(tmp_path / "old"))
+    source.publish("unet", saved_model, meta())
+    folder = tmp_path / "old" / "unet" / "1"
+    root = str(tmp_path / "models")
+    with pytest.raises(StorageError):
+        ModelRepository(root, storage=CrashingStorage(2)).publish("unet", folder, meta())
+    assert ModelRepository(root).versions("unet") == []
+
+
+def test_a_stage_rolls_back_through_its_history(repo: ModelRepository, saved_model: Path) -> None:
+    for _ in range(3):
+        repo.publish("unet", saved_model, meta())
+    assert repo.rollback_stage("unet", "production") is None, "nothing to roll back"
+    repo.set_stage("unet", "production", 1)
+    repo.set_stage("unet", "production", 2)
+    repo.set_stage("unet", "production", 2)
+    repo.set_stage("unet", "production", 3)
+    assert repo.history("unet", "production") == [1, 2]
+    assert repo.rollback_stage("unet", "production") == 2
+    assert repo.stage("unet", "production") == 2
+    assert repo.rollback_stage("unet", "production") == 1
+    assert repo.rollback_stage("unet", "production") is None
+    assert repo.stage("unet", "production") == 1, "left as is when there is nothing earlier"
+
+
+def test_rollback_skips_versions_that_no_longer_exist(
+    repo: ModelRepository, saved_model: Path
+) -> None:
+    for version in (1, 2, 3):
+        repo.publish("unet", saved_model, meta())
+        repo.set_stage("unet", "production", version)
+    repo.storage.delete(join(repo.root, "unet", "2", MARKER))
+    assert repo.rollback_stage("unet", "production") == 1
+
+
+def test_only_the_current_and_previous_downloads_are_kept(
+    tmp_path: Path, saved_model: Path
+) -> None:
+    repo = ModelRepository(str(tmp_path / "models"))
+    for _ in range(4):
+        repo.publish("unet", saved_model, meta())
+    cache = tmp_path / "cache"
+    for version in (1, 2, 3):
+        repo.download("unet", version, cache)
+    assert sorted(p.name for p in (cache / "unet").iterdir()) == ["2", "3"]
+    repo.download("unet", 2, cache)  # back to 2: now the most recently used
+    repo.download("unet", 4, cache)
+    assert sorted(p.name for p in (cache / "unet").iterdir()) == ["2", "4"]
+    assert (cache / "unet" / "4" / "saved_model.pb").read_bytes() == b"graph"

@@ -1,14 +1,35 @@
-"""Probes and the Prometheus scrape endpoint."""
+"""The root document, probes and the Prometheus scrape endpoint."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import HolderDep, MetricsDep
-from ..schemas import Health, Readiness
+from shared.errors import Draining
+
+from ..deps import DrainDep, HolderDep, MetricsDep, SettingsDep
+from ..schemas import Health, Readiness, Root, ServedVersion
 
 router = APIRouter(tags=["health"])
+
+NAME = "maskfleet-inference"
+
+
+@router.get("/", summary="What this server is, which model it serves, where to go next")
+async def root(request: Request, holder: HolderDep, settings: SettingsDep) -> Root:
+    served = holder.current
+    links = {"segment": "/v1/segment", "v2": "/v2", "health": "/healthz", "ready": "/readyz"}
+    app = request.app
+    if app.docs_url:
+        links["docs"] = app.docs_url
+    if app.openapi_url:
+        links["openapi"] = app.openapi_url
+    return Root(
+        name=NAME, version=app.version, links=links,
+        model=ServedVersion(name=settings.model_name,
+                            version=served.version if served else None,
+                            stage=served.stage if served else holder.stage),
+    )
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -16,8 +37,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", summary="Readiness: a model version is loaded and warm (503 before)")
-async def readyz(holder: HolderDep) -> Readiness:
+@router.get("/readyz",
+            summary="Readiness: a model version is loaded and warm and the pod is not draining "
+                    "(503 otherwise)")
+async def readyz(holder: HolderDep, drain: DrainDep) -> Readiness:
+    if drain.active():
+        raise Draining("the pod is shutting down; send new requests elsewhere")
     served = holder.require()
     return Readiness(status="ready", model=served.name, version=served.version,
                      stage=served.stage)
