@@ -127,7 +127,8 @@ def start_api(logs: Path, *, models: Path, redis_url: str, cache: bool,
     """`python -m services.inference` following the `production` stage of `models`."""
     port = free_port()
     env = {**_common_env(), "MASKFLEET_HOST": "127.0.0.1", "MASKFLEET_PORT": str(port),
-           "MASKFLEET_MODEL_REPOSITORY": str(models), "MASKFLEET_REDIS_URL": redis_url,
+           "MASKFLEET_MODEL_REPOSITORY": str(models), "MASKFLEET_CACHE_REDIS_URL": redis_url,
+           "MASKFLEET_STATE_REDIS_URL": redis_url,
            "MASKFLEET_CACHE_ENABLED": str(cache).lower(), "MASKFLEET_STAGE_POLL_SECONDS": "0",
            "MASKFLEET_CACHE_DIR": str(logs / "api-cache"), **(extra_env or {})}
     name = f"api-cache-{'on' if cache else 'off'}"
@@ -140,7 +141,7 @@ def start_worker(logs: Path, *, models: Path, redis_url: str) -> Process:
     """One Celery worker as docs/batch.md runs it; its metrics port opens once it is warm."""
     port = free_port()
     env = {**_common_env(), "MASKFLEET_MODEL_REPOSITORY": str(models),
-           "MASKFLEET_REDIS_URL": redis_url, "MASKFLEET_WORKER_METRICS_PORT": str(port),
+           "MASKFLEET_STATE_REDIS_URL": redis_url, "MASKFLEET_WORKER_METRICS_PORT": str(port),
            "MASKFLEET_CACHE_DIR": str(logs / "worker-cache")}
     argv = [str(BIN / "celery"), "-A", "services.worker.app", "worker", "--pool=solo",
             "--concurrency=1", "-Q", "maskfleet", "--without-mingle", "--without-gossip",

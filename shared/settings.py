@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.redis import RedisEndpoint
 
 Stage = Literal["production", "candidate"]
 
@@ -36,8 +38,20 @@ class ServiceSettings(BaseSettings):
     model_version: int | None = Field(default=None, ge=1)
     """Pinned version; wins over the stage."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis for the result cache, the Celery broker and job state."""
+    state_redis_url: str = "redis://127.0.0.1:6379/0"
+    """The durable Redis: Celery broker and results, job records, answers kept for feedback.
+    Run it with AOF `everysec` and `noeviction`; `rediss://` for TLS. The password goes in
+    `state_redis_password`, not here, so this URL can be logged."""
+
+    state_redis_password: SecretStr | None = None
+    """`requirepass` of the state Redis (a Kubernetes Secret in the chart); never logged."""
+
+    state_redis_timeout_seconds: float = Field(default=5.0, gt=0.0, le=60.0)
+    """Connect and per-command timeout towards the state Redis: a dead Redis fails a
+    submission (503) or retries a chunk instead of hanging it."""
+
+    redis_tls_ca_file: str | None = None
+    """CA bundle verifying `rediss://` servers of either role; unset: the system CAs."""
 
     cache_dir: str = "/tmp/maskfleet"
     """Local directory where downloaded model versions are cached."""
@@ -50,3 +64,15 @@ class ServiceSettings(BaseSettings):
         if self.environment == "production" and self.model_repository.startswith("./"):
             raise ValueError("model_repository must be an absolute path or gs:// URI in production")
         return self
+
+    @model_validator(mode="after")
+    def _state_redis_is_usable(self) -> Self:
+        self.state_redis()
+        return self
+
+    def state_redis(self) -> RedisEndpoint:
+        """The state role, built once here for the job store, Celery and kept answers."""
+        return RedisEndpoint.build(
+            "state", self.state_redis_url, self.state_redis_password,
+            socket_timeout=self.state_redis_timeout_seconds,
+            connect_timeout=self.state_redis_timeout_seconds, ca_file=self.redis_tls_ca_file)

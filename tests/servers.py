@@ -103,11 +103,22 @@ def redis_binary() -> str:
     raise RuntimeError("redis-server not found: run `make install` (installs Debian redis-server)")
 
 
-def start_redis(port: int | None = None, log: Path | None = None) -> Server:
+def start_redis(port: int | None = None, log: Path | None = None, *,
+                password: str | None = None, aof_dir: Path | None = None,
+                options: Sequence[str] = ()) -> Server:
+    """A redis-server; with `password` it requires AUTH, with `aof_dir` it persists there with
+    AOF `everysec` (and restarts from it when started again on the same directory)."""
     port = port or free_port()
     argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "no"]
-    return Server(argv, port, log=log).start()
+            "--protected-mode", "no"]
+    if aof_dir is None:
+        argv += ["--appendonly", "no"]
+    else:
+        aof_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(aof_dir)]
+    if password is not None:
+        argv += ["--requirepass", password]
+    return Server([*argv, *options], port, log=log).start()
 
 
 def start_gcs_emulator(log: Path | None = None) -> Server:

@@ -16,8 +16,6 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared.imaging import PREPROCESSING_ID
@@ -78,17 +76,11 @@ class ResultCache:
     @classmethod
     def from_settings(cls, settings: InferenceSettings, metrics: ApiMetrics,
                       client: redis.Redis | None = None) -> ResultCache:  # type: ignore[type-arg]
-        """A cache on `settings.redis_url` (or on `client`), or a disabled one."""
+        """A cache on the cache Redis role (or on `client`), or a disabled one."""
         if not settings.cache_enabled:
             client = None
         elif client is None:
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=settings.redis_socket_timeout_ms / 1000,
-                socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-            )
+            client = settings.cache_redis().async_client()
         return cls(client, metrics, ttl_seconds=settings.cache_ttl_seconds,
                    max_value_bytes=settings.cache_max_value_bytes,
                    retry_seconds=settings.cache_retry_seconds)

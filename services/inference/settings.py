@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from services.jobs.settings import JobSettings
 from shared.imaging import DEFAULT_MAX_PIXELS
+from shared.redis import RedisEndpoint
 
 Role = Literal["stable", "canary"]
 
@@ -53,11 +54,18 @@ class InferenceSettings(JobSettings):
     """Masks whose cached record is larger are not cached, so one huge image cannot evict
     thousands of normal ones."""
 
+    cache_redis_url: str = "redis://127.0.0.1:6379/0"
+    """The volatile Redis of the result cache (no persistence, `allkeys-lru`; losing it costs
+    only recomputation). May be the state Redis in local mode; `rediss://` for TLS."""
+
+    cache_redis_password: SecretStr | None = None
+    """`requirepass` of the cache Redis (a Kubernetes Secret in the chart); never logged."""
+
     redis_socket_timeout_ms: float = Field(default=50.0, gt=0.0)
-    """Per-command Redis timeout; a slow Redis must not slow the API down."""
+    """Per-command timeout towards the cache Redis; a slow cache must not slow the API down."""
 
     redis_connect_timeout_ms: float = Field(default=50.0, gt=0.0)
-    """Redis connect timeout, short for the same reason."""
+    """Connect timeout towards the cache Redis, short for the same reason."""
 
     cache_retry_seconds: float = Field(default=1.0, ge=0.0, le=300.0)
     """After a Redis error the cache is bypassed for this long, so a dead Redis costs one
@@ -164,6 +172,19 @@ class InferenceSettings(JobSettings):
     feedback_uri: str = "./var/data/feedback"
     """Where corrected pairs are stored, in the dataset layout: `<dataset>/feedback`, the
     prefix the retraining loader reads (the default is that of `make run`'s `./var/data`)."""
+
+    def cache_redis(self) -> RedisEndpoint:
+        """The cache role: one attempt per command, then the cache is bypassed for a while."""
+        return RedisEndpoint.build(
+            "cache", self.cache_redis_url, self.cache_redis_password,
+            socket_timeout=self.redis_socket_timeout_ms / 1000,
+            connect_timeout=self.redis_connect_timeout_ms / 1000,
+            ca_file=self.redis_tls_ca_file, retries=0)
+
+    @model_validator(mode="after")
+    def _cache_redis_is_usable(self) -> Self:
+        self.cache_redis()
+        return self
 
     @model_validator(mode="after")
     def _budgets_fit_together(self) -> Self:

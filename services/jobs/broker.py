@@ -13,6 +13,8 @@ from datetime import timedelta
 
 from celery import Celery
 
+from shared.redis import RedisEndpoint
+
 QUEUE = "maskfleet"
 CHUNK_TASK = "maskfleet.process_chunk"
 
@@ -22,13 +24,18 @@ def restore_interval(visibility_timeout: int) -> int:
     return max(1, min(10, visibility_timeout // 4))
 
 
-def make_celery(redis_url: str, *, visibility_timeout: int = 3600, main: str = "maskfleet",
-                set_as_current: bool = True) -> Celery:
-    app = Celery(main, broker=redis_url, backend=redis_url, set_as_current=set_as_current)
+def make_celery(state: RedisEndpoint, *, visibility_timeout: int = 3600,
+                main: str = "maskfleet", set_as_current: bool = True) -> Celery:
+    """The Celery app on the state Redis (broker and result backend)."""
+    url = state.celery_url()
+    app = Celery(main, broker=url, backend=url, set_as_current=set_as_current)
+    timeouts = {"socket_timeout": state.socket_timeout,
+                "socket_connect_timeout": state.connect_timeout}
     transport = {
         "visibility_timeout": visibility_timeout,
         "unacked_restore_interval": restore_interval(visibility_timeout),
         "unacked_restore_throttle": 1,
+        **timeouts,
     }
     app.conf.update(
         task_serializer="json",
@@ -40,7 +47,9 @@ def make_celery(redis_url: str, *, visibility_timeout: int = 3600, main: str = "
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": visibility_timeout, **timeouts},
+        broker_use_ssl=state.celery_ssl(),
+        redis_backend_use_ssl=state.celery_ssl(),
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
         task_routes={CHUNK_TASK: {"queue": QUEUE}},
@@ -58,8 +67,8 @@ class CeleryEnqueuer:
         self.app = app
 
     @classmethod
-    def for_url(cls, redis_url: str) -> CeleryEnqueuer:
-        return cls(make_celery(redis_url, main="maskfleet-api", set_as_current=False))
+    def for_endpoint(cls, state: RedisEndpoint) -> CeleryEnqueuer:
+        return cls(make_celery(state, main="maskfleet-api", set_as_current=False))
 
     def __call__(self, job_id: str, chunks: Sequence[int]) -> None:
         with self.app.producer_or_acquire() as producer:

@@ -20,6 +20,7 @@ from services.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 from shared.errors import InvalidJob, JobNotFound, JobsUnavailable, StorageError
+from shared.redis import plain_reason
 from shared.repository import ModelRepository
 from shared.storage import Storage, storage_for
 
@@ -35,13 +36,19 @@ def valid_job_id(job_id: str) -> bool:
     return len(job_id) == 32 and set(job_id) <= _JOB_ID_CHARS
 
 
+def unavailable(exc: BaseException) -> JobsUnavailable:
+    """A 503 with a plain reason; Redis' own message (keys, scripts) stays out of it."""
+    log.warning("job store failed", extra={"error": type(exc).__name__})
+    return JobsUnavailable(plain_reason(exc, "the job store"))
+
+
 @contextmanager
 def redis_guard() -> Iterator[None]:
-    """Redis down means no batch jobs (503), not a stack trace."""
+    """Redis down or full means no batch jobs (503), not a stack trace."""
     try:
         yield
     except redis.RedisError as exc:
-        raise JobsUnavailable(f"the job store is unreachable: {exc}") from exc
+        raise unavailable(exc) from exc
 
 
 class JobService:
@@ -73,7 +80,8 @@ class JobService:
 
         return cls(
             JobStore.from_settings(settings), ModelRepository(settings.model_repository),
-            CeleryEnqueuer.for_url(settings.redis_url), settings, on_submitted=on_submitted,
+            CeleryEnqueuer.for_endpoint(settings.state_redis()), settings,
+            on_submitted=on_submitted,
         )
 
     def submit(self, request: JobRequest) -> JobStatus:
@@ -102,8 +110,9 @@ class JobService:
             self.enqueue(plan.id, range(plan.chunks))
         except Exception as exc:
             with redis_guard():
-                self.store.fail(plan.id, f"could not queue its chunks: {exc}")
-            raise JobsUnavailable(f"the job queue is unreachable: {exc}") from exc
+                self.store.fail(plan.id, "could not queue its chunks: "
+                                + plain_reason(exc, "the job queue"))
+            raise unavailable(exc) from exc
         if self.on_submitted:
             self.on_submitted()
         log.info("job submitted", extra={"job_id": plan.id, "images": plan.images,

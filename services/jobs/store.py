@@ -83,7 +83,7 @@ def key(job_id: str, part: str = "") -> str:
 
 
 def text(value: bytes | str) -> str:
-    """A reply as str: the client decodes responses (redis_client), but redis-py's hints
+    """A reply as str: the client decodes responses (`JobStore.from_settings`), but redis-py's hints
     admit bytes for every reply, so values pass through here instead of a cast."""
     return value.decode() if isinstance(value, bytes) else value
 
@@ -100,8 +100,8 @@ class JobStore:
     @classmethod
     def from_settings(cls, settings: JobSettings) -> JobStore:
         """The store both the API and the worker use, bounded by the same job settings."""
-        return cls(redis_client(settings.redis_url), max_errors=settings.job_max_errors,
-                   ttl_seconds=settings.job_ttl_seconds)
+        return cls(settings.state_redis().client(decode_responses=True),
+                   max_errors=settings.job_max_errors, ttl_seconds=settings.job_ttl_seconds)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
@@ -226,10 +226,3 @@ class JobStore:
             if images is not None:
                 found.append((job_id, int(images), int(done or 0), int(failed or 0)))
         return found
-
-
-def redis_client(url: str, *, timeout_seconds: float = 5.0) -> redis.Redis:
-    """Job state needs strings back, and a dead Redis must fail a call, not hang it."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_seconds,
-                                socket_connect_timeout=timeout_seconds,
-                                health_check_interval=30)

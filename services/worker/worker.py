@@ -18,7 +18,7 @@ from shared.logging import configure_logging
 
 
 def create_worker_app(settings: WorkerSettings) -> Celery:
-    celery = make_celery(settings.redis_url,
+    celery = make_celery(settings.state_redis(),
                          visibility_timeout=settings.visibility_timeout_seconds)
     runtime = WorkerRuntime(settings)
     register_tasks(celery, runtime)

@@ -26,7 +26,8 @@ def start_api(repo: Path, workdir: Path, redis_url: str, *, ready_path: str = "/
     env = {
         "MASKFLEET_MODEL_REPOSITORY": str(repo),
         "MASKFLEET_CACHE_DIR": str(workdir / "model-cache"),
-        "MASKFLEET_REDIS_URL": redis_url,
+        "MASKFLEET_CACHE_REDIS_URL": redis_url,
+        "MASKFLEET_STATE_REDIS_URL": redis_url,
         "MASKFLEET_HOST": "127.0.0.1",
         "MASKFLEET_PORT": str(port),
         "TF_CPP_MIN_LOG_LEVEL": "2",

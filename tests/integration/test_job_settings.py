@@ -45,7 +45,8 @@ def redis_url(redis_server) -> str:  # type: ignore[no-untyped-def]
 
 
 def job_settings(redis_url: str, repo: Path, tmp_path: Path) -> dict[str, object]:
-    return {"redis_url": redis_url, "model_repository": str(repo),
+    return {"state_redis_url": redis_url, "cache_redis_url": redis_url,
+            "model_repository": str(repo),
             "cache_dir": str(tmp_path / "cache"), "job_chunk_size": 2,
             "job_max_chunk_size": 3, "job_max_images": 5, "job_max_errors": 1,
             "job_ttl_seconds": TTL}

@@ -175,7 +175,8 @@ def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
     shared_env = {
         "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo),
-        "MASKFLEET_REDIS_URL": redis_url,
+        "MASKFLEET_CACHE_REDIS_URL": redis_url,
+        "MASKFLEET_STATE_REDIS_URL": redis_url,
         "MASKFLEET_LOG_LEVEL": "WARNING",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }

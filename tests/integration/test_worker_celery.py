@@ -27,9 +27,10 @@ from PIL import Image, ImageDraw
 
 from services.jobs.cli import main as cli
 from services.jobs.manifest import decode
-from services.jobs.store import JobStore, redis_client
+from services.jobs.store import JobStore
 from services.worker.models import ModelCache
 from shared.imaging import decode_mask
+from shared.redis import RedisEndpoint
 from shared.repository import ModelRepository
 from shared.segmentation import Segmentation, segment_many
 from shared.storage import storage_for
@@ -116,8 +117,9 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
     logs = tmp_path_factory.mktemp("worker-fleet")
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
-    common = {"MASKFLEET_REDIS_URL": redis_url, "MASKFLEET_MODEL_REPOSITORY": str(
-        tiny_model_repo), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    common = {"MASKFLEET_CACHE_REDIS_URL": redis_url, "MASKFLEET_STATE_REDIS_URL": redis_url,
+              "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo), "TF_CPP_MIN_LOG_LEVEL": "2",
+              "PYTHONPATH": str(REPO)}
     worker_env = {**common, "MASKFLEET_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_SECONDS),
                   "MASKFLEET_MODEL_BATCH_SIZE": "4", "MASKFLEET_MAX_PIXELS": str(MAX_PIXELS),
                   "MASKFLEET_MAX_IMAGE_BYTES": "150000"}
@@ -148,7 +150,7 @@ def http(fleet: Fleet) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def store(fleet: Fleet) -> JobStore:
-    return JobStore(redis_client(fleet.redis_url))
+    return JobStore(RedisEndpoint.build("state", fleet.redis_url).client(decode_responses=True))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from services.jobs.manifest import chunk_manifest_uri, decode
 from services.jobs.records import JobRequest, JobState
 from services.jobs.service import JobService
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore, redis_client
+from services.jobs.store import JobStore
 from services.worker.models import ModelCache
 from services.worker.settings import WorkerSettings
 from services.worker.worker import create_worker_app
@@ -39,6 +39,7 @@ from shared.errors import (
     VersionNotFound,
 )
 from shared.imaging import decode_mask
+from shared.redis import RedisEndpoint
 from shared.repository import ModelRepository
 from shared.segmentation import Segmentation, segment_many
 from shared.storage import Storage, storage_for
@@ -101,7 +102,8 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture
 def store(redis_url: str) -> JobStore:
-    return JobStore(redis_client(redis_url), max_errors=3)
+    return JobStore(RedisEndpoint.build("state", redis_url).client(decode_responses=True),
+                    max_errors=3)
 
 
 @pytest.fixture
@@ -308,7 +310,7 @@ def test_a_chunk_task_that_cannot_run_fails_its_job(
                                        model_version=2))
     (root / "unet" / "2" / "COMPLETE").unlink()
 
-    settings = WorkerSettings(redis_url=redis_url, model_repository=str(root),
+    settings = WorkerSettings(state_redis_url=redis_url, model_repository=str(root),
                               cache_dir=str(tmp_path / "cache"), worker_metrics_port=0)
     celery = create_worker_app(settings)
     result = celery.tasks[CHUNK_TASK].apply(args=[status.job_id, 0])
@@ -378,7 +380,8 @@ def test_one_output_is_written_by_one_unfinished_job_at_a_time(
 def api(redis_url: str, model_repo: ModelRepository, tmp_path: Path) -> Iterator[TestClient]:
     """The real app factory (its lifespan, which loads the model, is not needed for jobs);
     its job service queues real Celery messages in Redis."""
-    settings = InferenceSettings(model_repository=model_repo.root, redis_url=redis_url,
+    settings = InferenceSettings(model_repository=model_repo.root, state_redis_url=redis_url,
+                                 cache_redis_url=redis_url,
                                  cache_dir=str(tmp_path / "cache"))
     client = TestClient(create_app(settings), raise_server_exceptions=False)
     yield client

@@ -303,7 +303,7 @@ def test_every_maskfleet_container_gets_the_shared_settings(rendered: list[Manif
             assert env["MASKFLEET_MODEL_NAME"] == "unet"
             assert env["MASKFLEET_ENVIRONMENT"] == "production"
             if c["name"] != "training":
-                assert "MASKFLEET_REDIS_URL" in env, owner["metadata"]["name"]
+                assert "MASKFLEET_STATE_REDIS_URL" in env, owner["metadata"]["name"]
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             tmp = next(v for v in pod["spec"]["volumes"] if v["name"] == mounts["/tmp"])
             assert "emptyDir" in tmp
@@ -329,8 +329,10 @@ def test_in_chart_redis_is_bounded_with_lru(defaults: list[Manifest]) -> None:
     assert "maxmemory-policy volatile-lru" in conf
     c = container(redis, "redis")
     assert c["command"] == ["redis-server", "/etc/redis/redis.conf"]
-    url = one(defaults, "ConfigMap", "maskfleet-config")["data"]["MASKFLEET_REDIS_URL"]
-    assert url == "redis://maskfleet-redis:6379/0"
+    data = one(defaults, "ConfigMap", "maskfleet-config")["data"]
+    assert data["MASKFLEET_STATE_REDIS_URL"] == "redis://maskfleet-redis:6379/0"
+    api = env_of(container(one(defaults, "Deployment", STABLE), "inference"))
+    assert api["MASKFLEET_CACHE_REDIS_URL"] == "redis://maskfleet-redis:6379/0"
     assert service_target_statefulset(defaults, "maskfleet-redis") == 6379
 
 
@@ -349,15 +351,17 @@ def test_external_redis_replaces_the_statefulset(render: Any) -> None:
     assert not by_kind(objects, "StatefulSet")
     assert not [o for o in objects if "redis" in o["metadata"]["name"]
                 and o["kind"] in ("Service", "ConfigMap", "ServiceAccount")]
-    url = one(objects, "ConfigMap", "maskfleet-config")["data"]["MASKFLEET_REDIS_URL"]
+    url = one(objects, "ConfigMap", "maskfleet-config")["data"]["MASKFLEET_STATE_REDIS_URL"]
     assert url == "redis://cache.example.internal:6379/2"
 
 
 def test_external_redis_url_can_come_from_a_secret(render: Any) -> None:
     objects = render(VALUE_SETS["external-redis-secret"])
-    assert "MASKFLEET_REDIS_URL" not in one(objects, "ConfigMap", "maskfleet-config")["data"]
+    assert "MASKFLEET_STATE_REDIS_URL" not in one(objects, "ConfigMap", "maskfleet-config")["data"]
     for name, cname in ((STABLE, "inference"), ("maskfleet-worker", "worker")):
-        ref = env_of(container(one(objects, "Deployment", name), cname))["MASKFLEET_REDIS_URL"]
+        env = env_of(container(one(objects, "Deployment", name), cname))
+        ref = env["MASKFLEET_STATE_REDIS_URL"]
+        assert env.get("MASKFLEET_CACHE_REDIS_URL", ref) == ref
         assert ref == {"secretKeyRef": {"name": "maskfleet-redis-url", "key": "redis-url"}}
 
 

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from services.jobs.broker import CHUNK_TASK, QUEUE, make_celery, restore_interval
 from services.worker.settings import WorkerSettings
+from shared.redis import RedisEndpoint
 
 
 def test_settings_come_from_maskfleet_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +38,8 @@ def test_default_chunk_size_must_fit_the_maximum() -> None:
 
 
 def test_the_broker_never_accepts_pickle_and_acks_after_the_work() -> None:
-    app = make_celery("redis://127.0.0.1:1/0", visibility_timeout=30, set_as_current=False)
+    app = make_celery(RedisEndpoint.build("state", "redis://127.0.0.1:1/0"),
+                      visibility_timeout=30, set_as_current=False)
     conf = app.conf
     assert conf.accept_content == ["json"]
     assert conf.result_accept_content == ["json"]

@@ -194,13 +194,24 @@ envFrom:
       name: {{ include "maskfleet.config.fullname" . }}
 {{- end -}}
 
-{{- define "maskfleet.redisSecretEnv" -}}
-{{- if include "maskfleet.redis.urlFromSecret" . }}
-- name: MASKFLEET_REDIS_URL
+{{/*
+Redis env of one component (call with dict "ctx" $ "cache" bool): the state URL when it is
+secret (else it is in the ConfigMap), and for the API the cache URL (only the API has a cache).
+*/}}
+{{- define "maskfleet.redisEnv" -}}
+{{- $ctx := .ctx -}}
+{{- $roles := ternary (list "STATE" "CACHE") (list "STATE") .cache -}}
+{{- range $role := $roles }}
+{{- if include "maskfleet.redis.urlFromSecret" $ctx }}
+- name: MASKFLEET_{{ $role }}_REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.external.existingSecret }}
-      key: {{ .Values.redis.external.existingSecretKey }}
+      name: {{ $ctx.Values.redis.external.existingSecret }}
+      key: {{ $ctx.Values.redis.external.existingSecretKey }}
+{{- else if eq $role "CACHE" }}
+- name: MASKFLEET_CACHE_REDIS_URL
+  value: {{ include "maskfleet.redis.url" $ctx | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

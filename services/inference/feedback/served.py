@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared.errors import MaskfleetError, NotFound
@@ -167,16 +165,13 @@ class RedisServedLog:
     @classmethod
     def from_settings(cls, settings: InferenceSettings,
                       client: redis.Redis | None = None) -> RedisServedLog:  # type: ignore[type-arg]
-        """A log on `settings.redis_url` with its own connection pool (or on `client`)."""
+        """A log on the state Redis role (kept answers must survive a cache flush), with its
+        own connection pool (or on `client`)."""
         owns = client is None
         if client is None:
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-            )
+            client = settings.state_redis().with_timeouts(
+                REDIS_TIMEOUT_SECONDS, settings.redis_connect_timeout_ms / 1000,
+                retries=0).async_client()
         return cls(client, sample_rate=settings.feedback_sample_rate,
                    ttl_seconds=settings.feedback_ttl_seconds,
                    max_entries=settings.feedback_max_entries,
