@@ -11,6 +11,7 @@ gets is exactly what `helm install` would create. tests/k8s fail when the two dr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,12 +19,22 @@ from typing import Any
 
 import helm_python as helm
 import yaml
+from helm_python import _native
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "maskfleet"
 OUT = REPO / "k8s"
 RELEASE = "maskfleet"
 NAMESPACE = "maskfleet"
+
+# The cluster k8s/ is rendered for: GKE with the Gateway API enabled (which also installs
+# GKE's HealthCheckPolicy CRD). The chart renders a custom resource only where the cluster
+# serves its kind (`.Capabilities.APIVersions.Has`), exactly like `helm install` against that
+# cluster: no Prometheus Operator, Managed Prometheus or KEDA objects are assumed here.
+CLUSTER_API_VERSIONS: tuple[str, ...] = (
+    "gateway.networking.k8s.io/v1/HTTPRoute",
+    "networking.gke.io/v1/HealthCheckPolicy",
+)
 
 # Helm's install order: `kubectl apply -f k8s/` walks files by name, so prefixing each file
 # with its kind's rank creates the namespace, accounts and config before the workloads.
@@ -44,8 +55,12 @@ KIND_ORDER = (
     "Job",
     "Ingress",
     "HTTPRoute",
+    "HealthCheckPolicy",
+    "TriggerAuthentication",
+    "ScaledObject",
     "ServiceMonitor",
     "PodMonitor",
+    "PodMonitoring",
     "PrometheusRule",
 )
 
@@ -68,24 +83,40 @@ def render_sources(
     chart: Path = CHART,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = CLUSTER_API_VERSIONS,
 ) -> dict[str, list[Manifest]]:
     """Render the chart: {template path: the objects it produced}, templates in name order.
 
-    Helm validates `values` against values.schema.json first, so bad values raise
-    helm_python.HelmValuesError here exactly as they would fail `helm install`.
+    `api_versions` are the custom kinds the pretend cluster serves, as `helm template
+    --api-versions group/version/Kind` takes them. Helm validates `values` against
+    values.schema.json first, so bad values raise helm_python.HelmValuesError here exactly as
+    they would fail `helm install`.
     """
     with helm.Chart.load(chart) as loaded:
-        rendered = loaded.render(
-            dict(values) if values is not None else None,
-            name=release,
-            namespace=namespace,
-            is_install=True,
-        )
+        rendered = _render(loaded, values, release, namespace, tuple(api_versions))
     return {
         source: [doc for doc in yaml.load_all(rendered[source], Loader=_Loader) if doc]
         for source in sorted(rendered)
         if source.endswith((".yaml", ".yml"))
     }
+
+
+def _render(
+    chart: helm.Chart,
+    values: Mapping[str, Any] | None,
+    release: str,
+    namespace: str,
+    api_versions: tuple[str, ...],
+) -> dict[str, str]:
+    """helm-python-sdk 0.2.2's Chart.render does not pass `api_versions` on, although the
+    Helm SDK call under it (helm_render) takes them: call it directly with the same options."""
+    options = {"name": release, "namespace": namespace, "is_install": True,
+               "api_versions": list(api_versions)}
+    payload = None if values is None else json.dumps(dict(values))
+    manifests: dict[str, str] = json.loads(
+        _native.call_string("helm_render", chart._raw(), payload, json.dumps(options))
+    )
+    return manifests
 
 
 def render_objects(
@@ -94,9 +125,11 @@ def render_objects(
     chart: Path = CHART,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = CLUSTER_API_VERSIONS,
 ) -> list[Manifest]:
     """The chart's Kubernetes objects in template order (see render_sources)."""
-    sources = render_sources(values, chart=chart, release=release, namespace=namespace)
+    sources = render_sources(values, chart=chart, release=release, namespace=namespace,
+                             api_versions=api_versions)
     return [obj for objects in sources.values() for obj in objects]
 
 

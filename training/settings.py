@@ -10,12 +10,20 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class TrainingSettings(ServiceSettings):
-    """What the Kubernetes Job sets: its name as run id, plus the shared repository/cache vars.
+    """What the Kubernetes Job sets: its UID as run id, its CPU limit, plus the shared
+    repository/cache vars.
 
     `model_repository` and `model_name` are the fallback when the YAML config's `repository`
     section leaves them unset, so one ConfigMap works in every environment.
     """
 
     train_run_id: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
-    """Names the checkpoint directory: a restarted Job with the same id resumes where it was.
-    Kubernetes sets it from the Job name; unset means a fresh timestamped run."""
+    """Names the checkpoint directory: a retried pod of the same Job resumes where it was.
+    The chart sets it to the Job's UID (label batch.kubernetes.io/controller-uid), unique per
+    Job even when a name is reused after its old Job expired; unset means a fresh
+    timestamped run."""
+
+    cpu_limit: int | None = Field(default=None, ge=1)
+    """The container's CPU limit in whole cores (the chart's downward API resourceFieldRef
+    limits.cpu, rounded up), so TensorFlow sizes its thread pools from the pod's share, not
+    from the node's core count. Unset = TensorFlow's own default."""

@@ -1,5 +1,10 @@
 """`python -m services.rollout`: read the stages, read Prometheus, decide, and act unless --dry-run.
 
+The rollout is the only writer of the canary's traffic share: every run sets it to
+MASKFLEET_ROLLOUT_CANARY_WEIGHT while the canary serves a candidate under test, and to 0
+otherwise (no candidate, candidate not served yet, promoted or rolled back). Like KServe and
+Seldon experiments, no traffic goes to a canary that has nothing ready to test.
+
 Exit codes tell scripts what happened without parsing output (like `terraform plan
 -detailed-exitcode`): 0 wait, 3 promote, 4 rollback, 1 error, 2 usage. A dry run exits with
 the code of the decision it would carry out. --exit-zero makes every decision exit 0 (for the
@@ -61,6 +66,14 @@ def traffic_for(settings: RolloutSettings) -> Traffic | None:
                    nginx_canary_ingress=settings.rollout_nginx_canary_ingress)
 
 
+def canary_weight(decision: Decision, readout: Readout | None, under_test: int) -> int:
+    """The share the canary should have after this decision: `under_test` only while it
+    waits on a candidate that the canary serves (seen in maskfleet_model_info), else 0."""
+    if decision.action != "wait" or readout is None or decision.candidate is None:
+        return 0
+    return under_test if decision.candidate in readout.canary_serving else 0
+
+
 def run(settings: RolloutSettings, *, dry_run: bool) -> dict[str, Any]:
     """One readout and its decision; the changes are made unless `dry_run`."""
     model, at = settings.model_name, evaluation_time(settings)
@@ -75,12 +88,17 @@ def run(settings: RolloutSettings, *, dry_run: bool) -> dict[str, Any]:
                               settings.prometheus_timeout_seconds) as prometheus:
             readout = read_readout(prometheus, model=model, stable_version=checked[0],
                                    canary_version=checked[1], window=settings.rollout_window,
-                                   routes=settings.rollout_routes, at=at)
+                                   routes=settings.rollout_routes,
+                                   namespace=settings.rollout_namespace,
+                                   jobs=settings.jobs_regex, at=at)
         decision = decide(readout, thresholds(settings))
+    weight = canary_weight(decision, readout, settings.rollout_canary_weight)
     log.info("decision", extra={"decision": decision.action, "production": production,
-                                "candidate": candidate, "reasons": decision.reasons})
-    traffic = traffic_for(settings) if decision.action != "wait" else None
-    plan = Plan(decision, traffic.plan_drain() if traffic else [], stage_changes(decision))
+                                "candidate": candidate, "reasons": decision.reasons,
+                                "canary_weight": weight})
+    traffic = traffic_for(settings)
+    plan = Plan(decision, traffic.plan_weight(weight) if traffic else [],
+                stage_changes(decision))
     if not dry_run:
         carry_out(plan, traffic, repo, model)
     return report(plan, readout, dry_run=dry_run, applied=not dry_run,

@@ -1,5 +1,7 @@
 """What Prometheus says about the two versions over one window.
 
+Every query is scoped to one release: `namespace` (the release's namespace) and `job` (its
+two inference Services), so two releases scraped by one Prometheus never mix their evidence.
 Both sides are told apart by the `version` label of the API's own metrics, not by pod or
 Service: the stable and canary Deployments follow the `production` and `candidate` stages, so
 the versions those stages name are exactly what is being compared, and requests served by an
@@ -54,10 +56,11 @@ def _string(value: str) -> str:
 
 
 def readout_queries(model: str, versions: tuple[int, int], window: str,
-                    routes: str) -> dict[str, str]:
+                    routes: str, *, namespace: str, jobs: str) -> dict[str, str]:
     """The PromQL of a readout, one query per quantity, each grouped by version."""
     v = _string("|".join(str(n) for n in versions))
-    http = f"route=~{_string(routes)},version=~{v}"
+    scope = f"namespace={_string(namespace)},job=~{_string(jobs)}"
+    http = f"{scope},route=~{_string(routes)},version=~{v}"
     return {
         "requests": f"sum by (version) (increase(maskfleet_http_requests_total{{{http}}}"
                     f"[{window}]))",
@@ -67,13 +70,13 @@ def readout_queries(model: str, versions: tuple[int, int], window: str,
                        f'maskfleet_http_request_duration_seconds_bucket{{{http},status=~"2.."}}'
                        f"[{window}])))",
         "feedback_count": f"sum by (version) (increase(maskfleet_feedback_iou_count"
-                          f"{{version=~{v}}}[{window}]))",
+                          f"{{{scope},version=~{v}}}[{window}]))",
         "feedback_sum": f"sum by (version) (increase(maskfleet_feedback_iou_sum"
-                        f"{{version=~{v}}}[{window}]))",
+                        f"{{{scope},version=~{v}}}[{window}]))",
         "feedback_buckets": f"sum by (version, le) (increase(maskfleet_feedback_iou_bucket"
-                            f"{{version=~{v}}}[{window}]))",
-        "canary_serving": f"max by (version) (maskfleet_model_info{{model={_string(model)},"
-                          f'role="canary"}})',
+                            f"{{{scope},version=~{v}}}[{window}]))",
+        "canary_serving": f"max by (version) (maskfleet_model_info{{{scope},"
+                          f'model={_string(model)},role="canary"}})',
     }
 
 
@@ -93,9 +96,10 @@ def _buckets(samples: list[Sample], version: int) -> tuple[tuple[float, float], 
 
 
 def read_readout(client: PrometheusClient, *, model: str, stable_version: int,
-                 canary_version: int, window: str, routes: str,
+                 canary_version: int, window: str, routes: str, namespace: str, jobs: str,
                  at: datetime) -> Readout:
-    queries = readout_queries(model, (stable_version, canary_version), window, routes)
+    queries = readout_queries(model, (stable_version, canary_version), window, routes,
+                              namespace=namespace, jobs=jobs)
     results = {name: client.query(q, at) for name, q in queries.items()}
     scalars = {name: _by_version(results[name]) for name in
                ("requests", "errors", "p95_seconds", "feedback_count", "feedback_sum")}

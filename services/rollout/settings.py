@@ -49,6 +49,17 @@ class RolloutSettings(ServiceSettings):
     """Name of the legacy ingress-nginx canary Ingress whose canary-weight is set to 0 too;
     unset = none (ingress-nginx was retired in March 2026)."""
 
+    rollout_canary_weight: int = Field(default=10, ge=0, le=100)
+    """Percent of the main path given to the canary once it serves the candidate (the chart's
+    abTest.canaryWeight). The rollout is the only writer of the weights: 0 while there is no
+    candidate or the canary does not serve it yet, this share while it is under test, 0 again
+    after a promotion or rollback."""
+
+    rollout_jobs: str | None = None
+    """Regex on the `job` label of the API's series; unset = the two Services' names, the
+    `job` that the chart's ServiceMonitors and PodMonitorings give them. Together with
+    `namespace` = rollout_namespace it keeps another release's series out of the readout."""
+
     rollout_window: str = "30m"
     """Prometheus range over which both sides are compared (e.g. 30m, 2h)."""
 
@@ -88,10 +99,19 @@ class RolloutSettings(ServiceSettings):
             raise ValueError(f"{value!r} is not a Prometheus duration such as 30m or 1h30m")
         return value
 
-    @field_validator("rollout_routes")
+    @property
+    def jobs_regex(self) -> str:
+        """The `job` matcher of every readout query."""
+        if self.rollout_jobs is not None:
+            return self.rollout_jobs
+        return "|".join(re.escape(name) for name in
+                        (self.rollout_stable_service, self.rollout_canary_service))
+
+    @field_validator("rollout_routes", "rollout_jobs")
     @classmethod
-    def _valid_regex(cls, value: str) -> str:
-        re.compile(value)
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
         return value
 
     @model_validator(mode="after")

@@ -1,5 +1,9 @@
 """The canary's share of traffic, read and set through the Kubernetes API.
 
+The rollout is the one writer of that share: the chart creates the weighted HTTPRoute
+(`<release>-traffic`) with the canary at 0 and re-renders the live weights on every
+`helm upgrade`, so what is set here stays until the rollout changes it again.
+
 The HTTPRoute is changed with a JSON merge patch. A merge patch replaces lists whole, so the
 patch carries every rule of the route as it was read, with only the weights changed, plus the
 `resourceVersion` it was read at: if anyone changed the route in between, the API server
@@ -48,12 +52,16 @@ def ingress_path(namespace: str, name: str) -> str:
     return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses/{name}"
 
 
-def drain_httproute(route: dict[str, Any], stable: str, canary: str) -> tuple[dict[str, Any], str]:
-    """Merge patch sending every weighted stable/canary split entirely to stable.
+def weigh_httproute(route: dict[str, Any], stable: str, canary: str,
+                    canary_weight: int) -> tuple[dict[str, Any], str]:
+    """Merge patch giving the canary `canary_weight` percent of every weighted stable/canary
+    split, and stable the rest.
 
     Only rules that route to both Services change: a rule that reaches the canary alone
     (a header or path that forces it) is left for testers.
     """
+    if not 0 <= canary_weight <= 100:
+        raise TrafficError(f"canary weight {canary_weight} is not a percentage")
     rules = copy.deepcopy(route.get("spec", {}).get("rules", []))
     changes: list[str] = []
     for index, rule in enumerate(rules):
@@ -63,7 +71,7 @@ def drain_httproute(route: dict[str, Any], stable: str, canary: str) -> tuple[di
             continue
         for ref in refs:
             before = ref.get("weight", 1)
-            after = 0 if ref.get("name") == canary else 100
+            after = canary_weight if ref.get("name") == canary else 100 - canary_weight
             if before != after:
                 changes.append(f"rules[{index}] {ref['name']} weight {before} -> {after}")
             ref["weight"] = after
@@ -75,14 +83,35 @@ def drain_httproute(route: dict[str, Any], stable: str, canary: str) -> tuple[di
              "spec": {"rules": rules}}
     if patch["metadata"]["resourceVersion"] is None:
         del patch["metadata"]
-    return patch, "; ".join(changes) or "canary weight already 0"
+    return patch, "; ".join(changes) or f"canary weight already {canary_weight}"
+
+
+def drain_httproute(route: dict[str, Any], stable: str, canary: str) -> tuple[dict[str, Any], str]:
+    """Merge patch sending every weighted stable/canary split entirely to stable."""
+    return weigh_httproute(route, stable, canary, 0)
+
+
+def canary_weight_of(route: dict[str, Any], canary: str) -> int | None:
+    """The canary's weight in the route's first rule that names it among others, if any."""
+    for rule in route.get("spec", {}).get("rules", []):
+        refs = rule.get("backendRefs", [])
+        if len(refs) > 1:
+            for ref in refs:
+                if ref.get("name") == canary:
+                    return int(ref.get("weight", 1))
+    return None
+
+
+def weigh_ingress(annotations: dict[str, str] | None,
+                  canary_weight: int) -> tuple[dict[str, Any], str]:
+    """Merge patch of the one annotation: the other canary annotations stay as they are."""
+    before = (annotations or {}).get(NGINX_WEIGHT)
+    return ({"metadata": {"annotations": {NGINX_WEIGHT: str(canary_weight)}}},
+            f"{NGINX_WEIGHT} {before} -> {canary_weight}")
 
 
 def drain_ingress(annotations: dict[str, str] | None) -> tuple[dict[str, Any], str]:
-    """Merge patch of the one annotation: the other canary annotations stay as they are."""
-    before = (annotations or {}).get(NGINX_WEIGHT)
-    return ({"metadata": {"annotations": {NGINX_WEIGHT: "0"}}},
-            f"{NGINX_WEIGHT} {before} -> 0")
+    return weigh_ingress(annotations, 0)
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -103,7 +132,7 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
 
 
 class Traffic:
-    """Reads the split and drains the canary; every API error becomes a TrafficError."""
+    """Reads the split and sets the canary's share; every API error becomes a TrafficError."""
 
     def __init__(self, api: client.ApiClient, namespace: str, *, httproute: str | None,
                  stable_service: str, canary_service: str,
@@ -119,22 +148,31 @@ class Traffic:
 
     def plan_drain(self) -> list[Patch]:
         """Read the objects (GET) and return the patches that set the canary weight to 0."""
+        return self.plan_weight(0)
+
+    def plan_weight(self, canary_weight: int) -> list[Patch]:
+        """Read the objects (GET) and return the patches that give the canary
+        `canary_weight` percent; an object already there needs no patch."""
         patches: list[Patch] = []
         ns = self.namespace
         if self.httproute:
             route = self._call("get HTTPRoute", self.httproute, lambda: self.custom
                                .get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, ns,
                                                              HTTPROUTES, self.httproute))
-            body, summary = drain_httproute(route, self.stable_service, self.canary_service)
-            patches.append(Patch("HTTPRoute", ns, self.httproute,
-                                 httproute_path(ns, self.httproute), body, summary))
+            body, summary = weigh_httproute(route, self.stable_service, self.canary_service,
+                                            canary_weight)
+            if body.get("spec", {}).get("rules") != route.get("spec", {}).get("rules"):
+                patches.append(Patch("HTTPRoute", ns, self.httproute,
+                                     httproute_path(ns, self.httproute), body, summary))
         if self.nginx_canary_ingress:
             name = self.nginx_canary_ingress
             ingress = self._call("get Ingress", name,
                                  lambda: self.networking.read_namespaced_ingress(name, ns))
-            body, summary = drain_ingress(ingress.metadata.annotations if ingress.metadata
-                                          else None)
-            patches.append(Patch("Ingress", ns, name, ingress_path(ns, name), body, summary))
+            annotations = ingress.metadata.annotations if ingress.metadata else None
+            if (annotations or {}).get(NGINX_WEIGHT) != str(canary_weight):
+                body, summary = weigh_ingress(annotations, canary_weight)
+                patches.append(Patch("Ingress", ns, name, ingress_path(ns, name), body,
+                                     summary))
         return patches
 
     def apply(self, patch: Patch) -> None:

@@ -1,6 +1,9 @@
 """The rollout against a real Prometheus loaded with prepared series, end to end.
 
-Three 1-hour scenarios are written as OpenMetrics text with timestamps, backfilled with
+Every series carries the `namespace` and `job` labels a ServiceMonitor (or PodMonitoring)
+gives it, and the clear-win scenario also holds a second release's failing canary (another
+namespace, and another job in the same namespace) that a query without those matchers would
+mix in. Three 1-hour scenarios are written as OpenMetrics text with timestamps, backfilled with
 `promtool tsdb create-blocks-from openmetrics` and served by /usr/bin/prometheus; each is
 evaluated at its own end time (the `--at` of the command):
   clear win   canary as reliable and fast as stable, clearly better feedback IoU -> promote
@@ -56,7 +59,7 @@ IOU_LE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FAST = {0.05: 0.30, 0.1: 0.50, 0.25: 0.17, 0.5: 0.03}  # p95 = 0.1 + 0.15/0.17 * 0.15 s
 SLOW = {0.1: 0.20, 0.25: 0.30, 0.5: 0.30, 1.0: 0.20}  # p95 = 0.5 + 0.15/0.20 * 0.5 s
 NAMESPACE, TOKEN = "ml", "rollout-test-token"
-HTTPROUTE_PATH = "/apis/gateway.networking.k8s.io/v1/namespaces/ml/httproutes/maskfleet"
+HTTPROUTE_PATH = "/apis/gateway.networking.k8s.io/v1/namespaces/ml/httproutes/maskfleet-traffic"
 INGRESS_PATH = "/apis/networking.k8s.io/v1/namespaces/ml/ingresses/maskfleet-canary"
 STABLE, CANARY = "maskfleet-inference-stable", "maskfleet-inference-canary"
 
@@ -145,34 +148,54 @@ class OpenMetrics:
         return "\n".join(lines) + "\n# EOF\n"
 
 
+# Another release's canary of the same model version, failing badly: it must not count.
+FOREIGN = Side(2, "canary", ok=100, server_errors=900, client_errors=0, latency=SLOW,
+               iou={0.1: 50})
+FOREIGN_VERSION_SERVED = 7
+
+
 def openmetrics(scenarios: list[Scenario]) -> str:
     """What the API's /metrics would have shown for each side, sampled every 15 s."""
     om = OpenMetrics()
     for s in scenarios:
         for side in (s.stable, s.canary):
-            v = side.version
-            by_status = {"200": side.ok, "500": side.server_errors, "422": side.client_errors}
-            for status, count in by_status.items():
-                http = {"route": "/v1/segment", "method": "POST", "status": status, "version": v}
-                om.ramp("maskfleet_http_requests", "counter",
-                        "maskfleet_http_requests_total" + labels(**http), count, s)
-                shares = side.latency if status == "200" else {0.005: 1.0}  # errors fail fast
-                om.histogram("maskfleet_http_request_duration_seconds", http,
-                             {le: count * share for le, share in shares.items()}, LATENCY_LE,
-                             count * sum(le * share for le, share in shares.items()), s)
-            probes = {"route": "/healthz", "method": "GET", "status": "200", "version": v}
-            om.ramp("maskfleet_http_requests", "counter",
-                    "maskfleet_http_requests_total" + labels(**probes), 3600, s)
-            om.histogram("maskfleet_feedback_iou", {"version": v},
-                         {le: float(n) for le, n in side.iou.items()}, IOU_LE,
-                         sum(n * (le - 0.05) for le, n in side.iou.items()), s)
-            stage = "production" if side.role == "stable" else "candidate"
-            info = {"model": "unet", "version": v, "stage": stage, "role": side.role}
-            om.kinds["maskfleet_model_info"] = "gauge"
-            om.series.setdefault("maskfleet_model_info", {}).setdefault(
-                "maskfleet_model_info" + labels(**info), []).extend(
-                (t, 1.0) for t in range(s.start, s.end + 1, STEP))
+            job = STABLE if side.role == "stable" else CANARY
+            emit(om, s, side, {"namespace": NAMESPACE, "job": job})
+        if s.name == "win":
+            for scope in ({"namespace": "other", "job": CANARY},
+                          {"namespace": NAMESPACE, "job": "other-inference-canary"}):
+                emit(om, s, FOREIGN, scope, served=FOREIGN_VERSION_SERVED)
     return om.text()
+
+
+def emit(om: OpenMetrics, s: Scenario, side: Side, scope: dict[str, str],
+         served: int | None = None) -> None:
+    """One API Deployment's series, with the target labels of its scrape (`scope`)."""
+    v = side.version
+    by_status = {"200": side.ok, "500": side.server_errors, "422": side.client_errors}
+    for status, count in by_status.items():
+        http = {**scope, "route": "/v1/segment", "method": "POST", "status": status,
+                "version": v}
+        om.ramp("maskfleet_http_requests", "counter",
+                "maskfleet_http_requests_total" + labels(**http), count, s)
+        shares = side.latency if status == "200" else {0.005: 1.0}  # errors fail fast
+        om.histogram("maskfleet_http_request_duration_seconds", http,
+                     {le: count * share for le, share in shares.items()}, LATENCY_LE,
+                     count * sum(le * share for le, share in shares.items()), s)
+    probes = {**scope, "route": "/healthz", "method": "GET", "status": "200",
+              "version": v}
+    om.ramp("maskfleet_http_requests", "counter",
+            "maskfleet_http_requests_total" + labels(**probes), 3600, s)
+    om.histogram("maskfleet_feedback_iou", {**scope, "version": v},
+                 {le: float(n) for le, n in side.iou.items()}, IOU_LE,
+                 sum(n * (le - 0.05) for le, n in side.iou.items()), s)
+    stage = "production" if side.role == "stable" else "candidate"
+    info = {**scope, "model": "unet", "version": served or v, "stage": stage,
+            "role": side.role}
+    om.kinds["maskfleet_model_info"] = "gauge"
+    om.series.setdefault("maskfleet_model_info", {}).setdefault(
+        "maskfleet_model_info" + labels(**info), []).extend(
+        (t, 1.0) for t in range(s.start, s.end + 1, STEP))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +223,8 @@ def at(scenario: Scenario) -> datetime:
 def readout_of(prometheus: str, scenario: Scenario) -> Readout:
     with PrometheusClient(prometheus) as client:
         return read_readout(client, model="unet", stable_version=1, canary_version=2,
-                            window="30m", routes=ROUTES, at=at(scenario))
+                            window="30m", routes=ROUTES, namespace=NAMESPACE,
+                            jobs=f"{STABLE}|{CANARY}", at=at(scenario))
 
 
 def test_readout_counts_prediction_requests_and_server_errors_only(prometheus: str) -> None:
@@ -211,7 +235,16 @@ def test_readout_counts_prediction_requests_and_server_errors_only(prometheus: s
     assert r.stable.p95_seconds == pytest.approx(0.1 + 0.15 / 0.17 * 0.15)
     assert r.canary.feedback_count == pytest.approx(60)
     assert r.canary.feedback_sum / r.canary.feedback_count == pytest.approx(51.5 / 60)
-    assert r.canary_serving == (2,)
+    assert r.canary_serving == (2,)  # not the other release's version 7
+
+
+def test_unscoped_queries_would_mix_in_the_other_release(prometheus: str) -> None:
+    """Guards the scoping: the prepared data really holds another release's failures."""
+    with PrometheusClient(prometheus) as client:
+        everywhere = client.query(
+            'sum(increase(maskfleet_http_requests_total{route="/v1/segment",version="2",'
+            'status="500"}[30m]))', at(SCENARIOS["win"]))
+    assert everywhere[0].value == pytest.approx(4 + 2 * 900)
 
 
 def test_clear_win_is_promoted(prometheus: str) -> None:
@@ -351,10 +384,11 @@ def handler_for(fake: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
 
 
 def chart_objects() -> dict[str, dict[str, Any]]:
-    """The HTTPRoute and canary Ingress as `helm install` would create them."""
+    """The weighted HTTPRoute and canary Ingress as `helm install` would create them."""
     manifests = helm.Chart.load(REPO / "charts" / "maskfleet").render(
-        {"ingress": {"nginxCanary": {"enabled": True}}}, name="maskfleet", namespace=NAMESPACE)
-    route = yaml.safe_load(manifests["maskfleet/templates/httproute.yaml"])
+        {"ingress": {"nginxCanary": {"enabled": True}}, "httpRoute": {"enabled": True}},
+        name="maskfleet", namespace=NAMESPACE)
+    route = yaml.safe_load(manifests["maskfleet/templates/httproute-traffic.yaml"])
     ingress = yaml.safe_load(manifests["maskfleet/templates/ingress-nginx-canary.yaml"])
     for obj in (route, ingress):
         obj["metadata"].update(resourceVersion="1000", uid="0b1c" + obj["kind"].lower())
@@ -362,10 +396,20 @@ def chart_objects() -> dict[str, dict[str, Any]]:
     return {HTTPROUTE_PATH: route, INGRESS_PATH: ingress}
 
 
+def under_test(objects: dict[str, dict[str, Any]], weight: int) -> dict[str, dict[str, Any]]:
+    """The objects after an earlier run gave the canary `weight` percent."""
+    route, ingress = copy.deepcopy(objects[HTTPROUTE_PATH]), copy.deepcopy(objects[INGRESS_PATH])
+    for ref in route["spec"]["rules"][-1]["backendRefs"]:
+        ref["weight"] = weight if ref["name"] == CANARY else 100 - weight
+    ingress["metadata"]["annotations"][NGINX_WEIGHT] = str(weight)
+    return {HTTPROUTE_PATH: route, INGRESS_PATH: ingress}
+
+
 @pytest.fixture
 def kubernetes(tmp_path: Path) -> Iterator[tuple[FakeKubernetes, Path]]:
-    """The stand-in API server on a free port, and a kubeconfig that points at it."""
-    fake = FakeKubernetes(chart_objects())
+    """The stand-in API server on a free port, and a kubeconfig that points at it; the
+    canary is under test (10%, set by an earlier run of the rollout)."""
+    fake = FakeKubernetes(under_test(chart_objects(), 10))
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler_for(fake))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -403,7 +447,8 @@ def run_rollout(prometheus: str, repo: ModelRepository, kubeconfig: Path, scenar
                 *args: str) -> tuple[int, dict[str, Any]]:
     env = {**os.environ, "MASKFLEET_MODEL_REPOSITORY": repo.root,
            "MASKFLEET_PROMETHEUS_URL": prometheus, "MASKFLEET_KUBECONFIG": str(kubeconfig),
-           "MASKFLEET_ROLLOUT_NAMESPACE": NAMESPACE, "MASKFLEET_ROLLOUT_HTTPROUTE": "maskfleet",
+           "MASKFLEET_ROLLOUT_NAMESPACE": NAMESPACE,
+           "MASKFLEET_ROLLOUT_HTTPROUTE": "maskfleet-traffic",
            "MASKFLEET_ROLLOUT_NGINX_CANARY_INGRESS": "maskfleet-canary"}
     done = subprocess.run(
         [sys.executable, "-m", "services.rollout", "--json", "--at", str(scenario.end), *args],
@@ -459,12 +504,45 @@ def test_too_little_data_waits_and_touches_nothing(
         prometheus: str, repository: ModelRepository,
         kubernetes: tuple[FakeKubernetes, Path]) -> None:
     fake, kubeconfig = kubernetes
+    before = copy.deepcopy(fake.objects)
     code, report = run_rollout(prometheus, repository, kubeconfig, SCENARIOS["little"])
 
     assert (code, report["decision"]) == (0, "wait")
     assert report["actions"] == []
-    assert fake.requests == []
+    assert [r["method"] for r in fake.requests] == ["GET", "GET"]
+    assert fake.objects == before
     assert (repository.stage("unet", "production"), repository.stage("unet", "candidate")) == (1, 2)
+
+
+def test_a_candidate_the_canary_serves_gets_its_share_of_traffic(
+        prometheus: str, repository: ModelRepository,
+        kubernetes: tuple[FakeKubernetes, Path]) -> None:
+    """Fresh install: the chart sends the canary 0%; once the canary serves the candidate
+    (maskfleet_model_info), the rollout raises it to MASKFLEET_ROLLOUT_CANARY_WEIGHT."""
+    fake, kubeconfig = kubernetes
+    fake.objects = chart_objects()
+    assert split(fake) == {STABLE: 100, CANARY: 0}
+    code, report = run_rollout(prometheus, repository, kubeconfig, SCENARIOS["little"])
+
+    assert (code, report["decision"]) == (0, "wait")
+    assert [r["method"] for r in fake.requests] == ["GET", "GET", "PATCH", "PATCH"]
+    assert fake.problems == []
+    assert split(fake) == {STABLE: 90, CANARY: 10}
+    assert fake.objects[INGRESS_PATH]["metadata"]["annotations"][NGINX_WEIGHT] == "10"
+    assert (repository.stage("unet", "production"), repository.stage("unet", "candidate")) == (1, 2)
+
+
+def test_no_candidate_means_no_canary_traffic(
+        prometheus: str, repository: ModelRepository,
+        kubernetes: tuple[FakeKubernetes, Path]) -> None:
+    """A share left on the canary without a candidate (set by hand) goes back to 0."""
+    fake, kubeconfig = kubernetes
+    repository.clear_stage("unet", "candidate")
+    code, report = run_rollout(prometheus, repository, kubeconfig, SCENARIOS["little"])
+
+    assert (code, report["decision"]) == (0, "wait")
+    assert split(fake) == {STABLE: 100, CANARY: 0}
+    assert fake.objects[INGRESS_PATH]["metadata"]["annotations"][NGINX_WEIGHT] == "0"
 
 
 def test_dry_run_prints_the_exact_patches_and_changes_nothing(
@@ -491,7 +569,7 @@ def test_dry_run_prints_the_exact_patches_and_changes_nothing(
 def test_a_route_changed_after_it_was_read_is_not_overwritten(
         kubernetes: tuple[FakeKubernetes, Path]) -> None:
     fake, kubeconfig = kubernetes
-    traffic = Traffic(api_client(str(kubeconfig)), NAMESPACE, httproute="maskfleet",
+    traffic = Traffic(api_client(str(kubeconfig)), NAMESPACE, httproute="maskfleet-traffic",
                       stable_service=STABLE, canary_service=CANARY, nginx_canary_ingress=None)
     (patch,) = traffic.plan_drain()
     fake.objects[HTTPROUTE_PATH]["metadata"]["resourceVersion"] = "1001"  # someone else's edit
@@ -512,7 +590,8 @@ def test_unreachable_prometheus_fails_the_run_and_changes_nothing(
     fake, kubeconfig = kubernetes
     env = {**os.environ, "MASKFLEET_MODEL_REPOSITORY": repository.root,
            "MASKFLEET_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
-           "MASKFLEET_KUBECONFIG": str(kubeconfig), "MASKFLEET_ROLLOUT_HTTPROUTE": "maskfleet"}
+           "MASKFLEET_KUBECONFIG": str(kubeconfig),
+           "MASKFLEET_ROLLOUT_HTTPROUTE": "maskfleet-traffic"}
     done = subprocess.run([sys.executable, "-m", "services.rollout", "--json", "--exit-zero"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
 

@@ -11,6 +11,15 @@ from typing import Any
 
 Manifest = dict[str, Any]
 
+# Custom kinds a cluster serves, as `helm template --api-versions` takes them: the chart
+# renders a custom resource set to `auto` only where its kind is served.
+GKE_GATEWAY = ("gateway.networking.k8s.io/v1/HTTPRoute", "networking.gke.io/v1/HealthCheckPolicy")
+PROMETHEUS_OPERATOR = ("monitoring.coreos.com/v1/ServiceMonitor",
+                       "monitoring.coreos.com/v1/PrometheusRule")
+MANAGED_PROMETHEUS = ("monitoring.googleapis.com/v1/PodMonitoring",)
+KEDA = ("keda.sh/v1alpha1/ScaledObject", "keda.sh/v1alpha1/TriggerAuthentication")
+BARE_CLUSTER: tuple[str, ...] = ()
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "canary-off": {"inference": {"canary": {"enabled": False}}},
@@ -77,6 +86,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "inference": {"image": {"digest": "sha256:" + "a" * 64}},
         "ingress": {"tls": {"enabled": True, "secretName": "maskfleet-tls"}},
     },
+    "keda": {"worker": {"autoscaling": {"keda": {"enabled": True}}}},
+    "keda-external-redis": {
+        "redis": {"enabled": False, "external": {"existingSecret": "maskfleet-redis-url"}},
+        "worker": {"autoscaling": {"keda": {"enabled": True, "redis": {
+            "address": "10.0.0.7:6379", "tls": True,
+            "passwordSecret": {"name": "memorystore-auth", "key": "auth-string"}}}}},
+    },
+    "gke-managed-prometheus": {},
+    "operator-and-managed-prometheus": {},
+    "bare-cluster": {},
+    "everything-forced-on": {
+        "httpRoute": {"enabled": True, "healthCheckPolicy": {"enabled": True}},
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                    "podMonitoring": {"enabled": True}},
+    },
     "minimal": {
         "networkPolicy": {"enabled": False},
         "rbac": {"create": False},
@@ -88,6 +112,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "worker": {"pdb": {"create": False}},
     },
+}
+
+# The cluster each value set is rendered for (GKE_GATEWAY when not listed).
+CLUSTERS: dict[str, tuple[str, ...]] = {
+    "metrics-on": GKE_GATEWAY + PROMETHEUS_OPERATOR,
+    "keda": GKE_GATEWAY + KEDA,
+    "keda-external-redis": GKE_GATEWAY + KEDA,
+    "gke-managed-prometheus": GKE_GATEWAY + MANAGED_PROMETHEUS,
+    "operator-and-managed-prometheus": GKE_GATEWAY + PROMETHEUS_OPERATOR + MANAGED_PROMETHEUS,
+    "bare-cluster": BARE_CLUSTER,
+    "everything-forced-on": BARE_CLUSTER,
+    "minimal": BARE_CLUSTER,
 }
 
 POD_OWNERS = ("Deployment", "StatefulSet", "CronJob", "Job", "DaemonSet")

@@ -17,7 +17,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.k8s.cases import VALUE_SETS, Manifest
+from tests.k8s.cases import CLUSTERS, GKE_GATEWAY, VALUE_SETS, Manifest
 from tests.schemas import CRDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +47,9 @@ def render_script() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def render_sources(render_script: ModuleType) -> RenderSources:
-    """render_sources(values, release=..., chart=...) -> {template: objects}; cached, since
-    rendering is deterministic (callers get a copy they may change)."""
+    """render_sources(values, release=..., chart=..., api_versions=...) -> {template: objects};
+    cached, since rendering is deterministic (callers get a copy they may change).
+    `api_versions` are the custom kinds the pretend cluster serves (cases.CLUSTERS)."""
     memo: dict[str, dict[str, list[Manifest]]] = {}
 
     def _render(
@@ -56,11 +57,13 @@ def render_sources(render_script: ModuleType) -> RenderSources:
         *,
         release: str = "maskfleet",
         chart: Path = CHART,
+        api_versions: tuple[str, ...] = GKE_GATEWAY,
     ) -> dict[str, list[Manifest]]:
-        key = json.dumps([values, release, str(chart)], sort_keys=True)
+        key = json.dumps([values, release, str(chart), api_versions], sort_keys=True)
         if key not in memo:
             memo[key] = render_script.render_sources(
-                values, chart=chart, release=release, namespace="maskfleet"
+                values, chart=chart, release=release, namespace="maskfleet",
+                api_versions=api_versions,
             )
         return copy.deepcopy(memo[key])
 
@@ -86,8 +89,10 @@ def value_set(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
 @pytest.fixture
 def rendered(value_set: tuple[str, dict[str, Any]], render: Render) -> list[Manifest]:
-    """The chart rendered with one of the VALUE_SETS (every test using it runs once per set)."""
-    return render(value_set[1])
+    """The chart rendered with one of the VALUE_SETS (every test using it runs once per set),
+    for the cluster that value set is meant for (cases.CLUSTERS, GKE with the Gateway API when
+    not listed)."""
+    return render(value_set[1], api_versions=CLUSTERS.get(value_set[0], GKE_GATEWAY))
 
 
 @pytest.fixture(scope="session")

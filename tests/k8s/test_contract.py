@@ -26,7 +26,8 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 # What the kubelet would substitute for valueFrom entries.
 RUNTIME_VALUES = {
     "secretKeyRef": "redis://:secret@redis.example:6379/0",
-    "fieldRef": "retrain-1",
+    "fieldRef": "0f6b1c1e-5d0a-4c39-9a57-7c1f3e0b2a44",
+    "resourceFieldRef": "4",
 }
 
 

@@ -84,3 +84,31 @@ def test_profile_values_render(skaffold: dict[str, Any], profile: str) -> None:
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(unflatten(values), name="maskfleet", namespace="maskfleet")
     assert any("registry.example/maskfleet/img:abc1234" in text for text in rendered.values())
+
+
+# Switches of objects whose kind a cluster may not serve: forcing one to true makes
+# `skaffold run` fail on every cluster without that CRD.
+CRD_SWITCHES = ("httpRoute.enabled", "httpRoute.healthCheckPolicy.enabled",
+                "metrics.serviceMonitor.enabled", "metrics.prometheusRule.enabled",
+                "metrics.podMonitoring.enabled")
+
+
+@pytest.mark.parametrize("profile", ["dev", "prod"])
+def test_profiles_never_force_custom_resources_on(skaffold: dict[str, Any], profile: str) -> None:
+    release = next(p for p in skaffold["profiles"] if p["name"] == profile)[
+        "deploy"]["helm"]["releases"][0]
+    values = release.get("setValues", {})
+    forced = [key for key in CRD_SWITCHES if values.get(key) is True]
+    assert not forced, f"profile {profile} forces {forced} on"
+
+
+def test_prod_profile_leaves_monitoring_to_the_cluster(skaffold: dict[str, Any]) -> None:
+    release = next(p for p in skaffold["profiles"] if p["name"] == "prod")[
+        "deploy"]["helm"]["releases"][0]
+    values = unflatten(dict(release.get("setValues", {})))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    merged = deep_merge(defaults, values)
+    assert merged["metrics"]["serviceMonitor"]["enabled"] == "auto"
+    assert merged["metrics"]["podMonitoring"]["enabled"] == "auto"
+    assert merged["metrics"]["dashboards"]["enabled"] is True
+

@@ -91,7 +91,8 @@ def test_nginx_canary_annotations_only_when_switched_on(defaults: list[Manifest]
     canary = one(objects, "Ingress", "maskfleet-canary")
     notes = canary["metadata"]["annotations"]
     assert notes["nginx.ingress.kubernetes.io/canary"] == "true"
-    assert notes["nginx.ingress.kubernetes.io/canary-weight"] == "25"
+    # The rollout owns the weight: a new release starts at 0 whatever abTest.canaryWeight says.
+    assert notes["nginx.ingress.kubernetes.io/canary-weight"] == "0"
     assert notes["nginx.ingress.kubernetes.io/canary-by-header"] == "X-Maskfleet-Variant"
     assert notes["nginx.ingress.kubernetes.io/canary-by-header-value"] == "canary"
     main = one(objects, "Ingress", "maskfleet")
@@ -105,10 +106,11 @@ def test_nginx_canary_annotations_only_when_switched_on(defaults: list[Manifest]
 
 # ---------------------------------------------------------------- HTTPRoute (A/B)
 
-def main_rules(route: Manifest) -> tuple[list[Manifest], dict[str, Manifest]]:
-    """(weighted rules without header, {header value: rule}) on the main path."""
+def main_rules(objects: list[Manifest]) -> tuple[list[Manifest], dict[str, Manifest]]:
+    """(weighted rules without header, {header value: rule}) on the main path, over every
+    HTTPRoute of the release (Gateway API merges the rules of routes on the same listener)."""
     weighted, by_header = [], {}
-    for rule in route["spec"]["rules"]:
+    for rule in (r for route in by_kind(objects, "HTTPRoute") for r in route["spec"]["rules"]):
         (match,) = rule["matches"]
         if match["path"] != {"type": "PathPrefix", "value": "/"}:
             continue
@@ -132,16 +134,18 @@ def backend_roles(objects: list[Manifest], rule: Manifest) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("weight", [0, 10, 35, 100])
-def test_httproute_splits_the_main_path_by_weight(render: Any, weight: int) -> None:
+def test_httproute_main_path_starts_with_no_canary_traffic(render: Any, weight: int) -> None:
+    """abTest.canaryWeight is what the rollout gives a ready candidate, not what Helm sets."""
     objects = render({"abTest": {"canaryWeight": weight}})
-    route = one(objects, "HTTPRoute", "maskfleet")
+    route = one(objects, "HTTPRoute", "maskfleet-traffic")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
-    (weighted,), _ = main_rules(route)
-    assert backend_roles(objects, weighted) == {"stable": 100 - weight, "canary": weight}
+    (weighted,), _ = main_rules(objects)
+    assert weighted in route["spec"]["rules"]
+    assert backend_roles(objects, weighted) == {"stable": 100, "canary": 0}
 
 
 def test_httproute_header_forces_one_side(defaults: list[Manifest]) -> None:
-    _, by_header = main_rules(one(defaults, "HTTPRoute", "maskfleet"))
+    _, by_header = main_rules(defaults)
     assert backend_roles(defaults, by_header["canary"]) == {"canary": 1}
     assert backend_roles(defaults, by_header["stable"]) == {"stable": 1}
 
@@ -160,19 +164,20 @@ def test_httproute_model_paths_reach_their_variant_without_prefix(
 
 def test_httproute_without_canary_sends_everything_to_stable(render: Any) -> None:
     objects = render(VALUE_SETS["canary-off"])
-    route = one(objects, "HTTPRoute", "maskfleet")
-    (weighted,), by_header = main_rules(route)
+    (weighted,), by_header = main_rules(objects)
     assert backend_roles(objects, weighted) == {"stable": 100}
     assert set(by_header) == {"stable"}
-    assert all(ref["name"] == STABLE for r in route["spec"]["rules"] for ref in r["backendRefs"])
+    assert all(ref["name"] == STABLE for route in by_kind(objects, "HTTPRoute")
+               for r in route["spec"]["rules"] for ref in r["backendRefs"])
 
 
 def test_httproute_attaches_to_the_configured_gateway(render: Any) -> None:
     objects = render({"httpRoute": {"parentRefs": [
         {"name": "public", "namespace": "gateway-system", "sectionName": "https"}]}})
-    route = one(objects, "HTTPRoute", "maskfleet")
-    assert route["spec"]["parentRefs"] == [
-        {"name": "public", "namespace": "gateway-system", "sectionName": "https"}]
+    for name in ("maskfleet", "maskfleet-traffic"):
+        route = one(objects, "HTTPRoute", name)
+        assert route["spec"]["parentRefs"] == [
+            {"name": "public", "namespace": "gateway-system", "sectionName": "https"}]
 
 
 # ---------------------------------------------------------------- autoscaling
@@ -229,7 +234,8 @@ def test_retrain_cronjob_runs_the_training_entry_point(defaults: list[Manifest])
     assert "training.yaml" in config["data"]
 
     run_id = env_of(c)["MASKFLEET_TRAIN_RUN_ID"]
-    assert run_id == {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
+    assert run_id == {
+        "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}
 
 
 def test_retrain_cronjob_is_named_after_the_release(render: Any) -> None:
@@ -458,5 +464,8 @@ def test_dashboards_ship_every_json_file(render: Any, tmp_path: Path) -> None:
     assert sorted(k for c in dashboards.values() for k in c["data"]) == files
     board = dashboards["maskfleet-dashboard-zz-test-board"]
     assert board["data"] == {"zz_test_board.json": '{"title": "test"}'}
-    assert not [c for c in by_kind(render(chart=chart), "ConfigMap")
+    assert [c for c in by_kind(render(chart=chart), "ConfigMap")
+            if "grafana_dashboard" in c["metadata"]["labels"]], "dashboards ship by default"
+    off = render({"metrics": {"dashboards": {"enabled": False}}}, chart=chart)
+    assert not [c for c in by_kind(off, "ConfigMap")
                 if "grafana_dashboard" in c["metadata"]["labels"]]

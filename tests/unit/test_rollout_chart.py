@@ -17,6 +17,9 @@ ROLLOUT_KINDS = {"CronJob", "ServiceAccount", "Role", "RoleBinding", "NetworkPol
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart for a cluster with the Gateway API (httpRoute forced on: offline rendering
+    sees no cluster, and `auto` would leave the routes out)."""
+    values = {"httpRoute": {"enabled": True}, **(values or {})}
     manifests = helm.Chart.load(CHART).render(values, name="maskfleet", namespace="ml")
     return [doc for path, text in manifests.items() if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
@@ -48,7 +51,7 @@ def test_role_allows_get_and_patch_on_the_one_route_and_the_one_ingress_only() -
     with_nginx = rollout_objects(enabled(ingress={"nginxCanary": {"enabled": True}}))
     assert with_nginx["Role"]["rules"] == [
         {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
-         "resourceNames": ["maskfleet"], "verbs": ["get", "patch"]},
+         "resourceNames": ["maskfleet-traffic"], "verbs": ["get", "patch"]},
         {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"],
          "resourceNames": ["maskfleet-canary"], "verbs": ["get", "patch"]},
     ]
@@ -92,7 +95,10 @@ def test_cronjob_runs_the_command_in_the_inference_image_with_settings_it_accept
             mp.setenv(name, value)
         settings = RolloutSettings()
     assert settings.environment == "production"
-    assert settings.rollout_httproute == "maskfleet"
+    assert settings.rollout_httproute == "maskfleet-traffic"
+    assert settings.rollout_canary_weight == 10  # abTest.canaryWeight
+    # Scoped to this release: its namespace and the jobs of its two Services.
+    assert settings.jobs_regex == r"maskfleet\-inference\-stable|maskfleet\-inference\-canary"
     assert settings.rollout_nginx_canary_ingress == "maskfleet-canary"
     assert settings.rollout_canary_service == "maskfleet-inference-canary"
     assert settings.rollout_min_iou_delta == pytest.approx(-0.01)

@@ -18,7 +18,14 @@ import pytest
 import yaml
 
 from services.rollout.errors import TrafficError
-from services.rollout.traffic import NGINX_WEIGHT, drain_httproute, drain_ingress
+from services.rollout.traffic import (
+    NGINX_WEIGHT,
+    canary_weight_of,
+    drain_httproute,
+    drain_ingress,
+    weigh_httproute,
+    weigh_ingress,
+)
 from tests.schemas import crd_schema_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +35,7 @@ STABLE, CANARY = "maskfleet-inference-stable", "maskfleet-inference-canary"
 
 
 def rendered(template: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    values = {"httpRoute": {"enabled": True}, **(values or {})}
     manifests = helm.Chart.load(CHART).render(values, name="maskfleet", namespace="ml")
     doc = yaml.safe_load(manifests[f"maskfleet/templates/{template}"])
     assert isinstance(doc, dict)
@@ -63,30 +71,54 @@ def weights(route: dict[str, Any]) -> list[dict[str, int]]:
             for rule in route["spec"]["rules"]]
 
 
-def test_drained_httproute_sends_everything_to_stable_and_keeps_the_forcing_rules() -> None:
-    route = rendered("httproute.yaml", {"abTest": {"canaryWeight": 25}})
-    route["metadata"]["resourceVersion"] = "4711"
-    patch, summary = drain_httproute(route, STABLE, CANARY)
+def test_a_fresh_install_sends_the_canary_nothing() -> None:
+    """The chart creates the split; its weights are the rollout's, starting at 0."""
+    route = rendered("httproute-traffic.yaml", {"abTest": {"canaryWeight": 25}})
+    assert weights(route) == [{STABLE: 100, CANARY: 0}]
+    assert canary_weight_of(route, CANARY) == 0
+    assert route["metadata"]["annotations"]["maskfleet.io/weights-owner"] == "rollout"
 
-    patched = merge_patch(route, patch)
+
+def test_the_rollout_gives_a_ready_candidate_its_share_then_drains_it() -> None:
+    route = rendered("httproute-traffic.yaml")
+    route["metadata"]["resourceVersion"] = "4711"
     schema = strict(json.loads(HTTPROUTE_SCHEMA.read_text()))
+    raise_patch, raised = weigh_httproute(route, STABLE, CANARY, 25)
+    under_test = merge_patch(route, raise_patch)
+    jsonschema.Draft7Validator(schema).validate(under_test)
+    assert weights(under_test) == [{STABLE: 75, CANARY: 25}]
+    assert raised == f"rules[0] {STABLE} weight 100 -> 75; rules[0] {CANARY} weight 0 -> 25"
+    assert raise_patch["metadata"] == {"resourceVersion": "4711"}
+
+    patch, summary = drain_httproute(under_test, STABLE, CANARY)
+    patched = merge_patch(under_test, patch)
     jsonschema.Draft7Validator(schema).validate(patched)
-    before, after = weights(route), weights(patched)
-    assert before[-1] == {STABLE: 75, CANARY: 25}
-    assert after[-1] == {STABLE: 100, CANARY: 0}
-    assert after[:-1] == before[:-1], "rules that force one side must stay as they were"
-    assert patch["metadata"] == {"resourceVersion": "4711"}
-    assert summary == (f"rules[4] {STABLE} weight 75 -> 100; rules[4] {CANARY} weight 25 -> 0")
+    assert weights(patched) == [{STABLE: 100, CANARY: 0}]
+    assert {k: v for k, v in patched["spec"].items() if k != "rules"} == {
+        k: v for k, v in route["spec"].items() if k != "rules"}
+    assert summary == (f"rules[0] {STABLE} weight 75 -> 100; rules[0] {CANARY} weight 25 -> 0")
+    with pytest.raises(TrafficError, match="not a percentage"):
+        weigh_httproute(route, STABLE, CANARY, 101)
+
+
+def test_the_routes_helm_owns_carry_no_weight_to_fight_over() -> None:
+    """Paths and header overrides route to one side each: nothing for the rollout to set."""
+    route = rendered("httproute.yaml")
+    assert all(len(rule["backendRefs"]) == 1 for rule in route["spec"]["rules"])
+    with pytest.raises(TrafficError, match="no rule splitting traffic"):
+        drain_httproute(route, STABLE, CANARY)
 
 
 def test_a_route_without_a_stable_canary_split_is_refused() -> None:
-    route = rendered("httproute.yaml", {"inference": {"canary": {"enabled": False}}})
+    route = rendered("httproute-traffic.yaml", {"inference": {"canary": {"enabled": False}}})
     with pytest.raises(TrafficError, match="no rule splitting traffic"):
         drain_httproute(route, STABLE, CANARY)
 
 
 def test_draining_twice_changes_nothing_the_second_time() -> None:
-    route = rendered("httproute.yaml")
+    route = merge_patch(rendered("httproute-traffic.yaml"),
+                        weigh_httproute(rendered("httproute-traffic.yaml"), STABLE, CANARY,
+                                        10)[0])
     once = merge_patch(route, drain_httproute(route, STABLE, CANARY)[0])
     patch, summary = drain_httproute(once, STABLE, CANARY)
     assert merge_patch(once, patch) == once
@@ -95,6 +127,8 @@ def test_draining_twice_changes_nothing_the_second_time() -> None:
 
 def test_nginx_canary_ingress_patch_touches_only_the_weight_and_stays_valid() -> None:
     ingress = rendered("ingress-nginx-canary.yaml", {"ingress": {"nginxCanary": {"enabled": True}}})
+    assert ingress["metadata"]["annotations"][NGINX_WEIGHT] == "0"  # nothing before a candidate
+    ingress = merge_patch(ingress, weigh_ingress(ingress["metadata"]["annotations"], 10)[0])
     patch, summary = drain_ingress(ingress["metadata"]["annotations"])
 
     patched = merge_patch(copy.deepcopy(ingress), patch)

@@ -324,3 +324,111 @@ matchExpressions:
     values:
       {{- toYaml .components | nindent 6 }}
 {{- end -}}
+
+{{/*
+"true" when an object of a custom kind is to be rendered: its switch is true, or "auto" and
+the cluster serves the kind (`helm template` sees only what --api-versions lists). Call with
+(dict "ctx" $ "enabled" .Values.x.enabled "kind" "group/version/Kind").
+*/}}
+{{- define "maskfleet.crdEnabled" -}}
+{{- $switch := toString .enabled -}}
+{{- if or (eq $switch "true") (and (eq $switch "auto") (.ctx.Capabilities.APIVersions.Has .kind)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the HTTPRoutes are rendered (httpRoute.enabled, auto = Gateway API installed). */}}
+{{- define "maskfleet.httpRoute.enabled" -}}
+{{- include "maskfleet.crdEnabled" (dict "ctx" . "enabled" .Values.httpRoute.enabled "kind" "gateway.networking.k8s.io/v1/HTTPRoute") -}}
+{{- end -}}
+
+{{/* Name of the HTTPRoute holding the weighted stable/canary split of the main path. */}}
+{{- define "maskfleet.trafficRoute.name" -}}
+{{- printf "%s-traffic" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The canary's live share of the main path, 0-100. The rollout (services/rollout) is the one
+writer of this weight: a new release starts at 0 (no candidate is ready yet), and every
+later `helm upgrade` renders what the live object says instead of a value from values.yaml,
+so an upgrade never undoes a promotion or a rollback. `helm template` and --dry-run see no
+cluster, hence 0. Call with (dict "ctx" $ "kind" "HTTPRoute"|"Ingress").
+*/}}
+{{- define "maskfleet.liveCanaryWeight" -}}
+{{- $ctx := .ctx -}}
+{{- $ns := include "maskfleet.namespace" $ctx -}}
+{{- $canary := include "maskfleet.inference.fullname" (dict "ctx" $ctx "variant" "canary") -}}
+{{- $weight := 0 -}}
+{{- if eq .kind "HTTPRoute" -}}
+{{- $live := lookup "gateway.networking.k8s.io/v1" "HTTPRoute" $ns (include "maskfleet.trafficRoute.name" $ctx) -}}
+{{- range $rule := dig "spec" "rules" list $live -}}
+{{- range $ref := (get $rule "backendRefs" | default list) -}}
+{{- if eq (get $ref "name") $canary -}}
+{{- $weight = get $ref "weight" | default 0 | int -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- else -}}
+{{- $live := lookup "networking.k8s.io/v1" "Ingress" $ns (printf "%s-canary" (include "maskfleet.fullname" $ctx)) -}}
+{{- $weight = dig "metadata" "annotations" "nginx.ingress.kubernetes.io/canary-weight" "0" $live | int -}}
+{{- end -}}
+{{- min 100 (max 0 $weight) -}}
+{{- end -}}
+
+{{/*
+Soft topology spread of one Deployment's pods: over zones, then over nodes, never blocking
+scheduling (ScheduleAnyway). matchLabelKeys keeps each rollout revision spread on its own.
+Explicit topologySpreadConstraints win. Call with (dict "ctx" $ "values" .Values.worker
+"component" "worker" "variant" "").
+*/}}
+{{- define "maskfleet.topologySpread" -}}
+{{- $v := .values -}}
+{{- if $v.topologySpreadConstraints -}}
+topologySpreadConstraints:
+  {{- toYaml $v.topologySpreadConstraints | nindent 2 }}
+{{- else if $v.topologySpread.enabled -}}
+{{- $selector := include "maskfleet.componentSelectorLabels" (dict "ctx" .ctx "component" .component "variant" .variant) -}}
+topologySpreadConstraints:
+{{- range $key := list "topology.kubernetes.io/zone" "kubernetes.io/hostname" }}
+  - maxSkew: {{ $v.topologySpread.maxSkew | int }}
+    topologyKey: {{ $key }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- $selector | nindent 8 }}
+    matchLabelKeys:
+      - pod-template-hash
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when ServiceMonitors are rendered (auto = the Prometheus Operator's CRD is served). */}}
+{{- define "maskfleet.serviceMonitor.enabled" -}}
+{{- include "maskfleet.crdEnabled" (dict "ctx" . "enabled" .Values.metrics.serviceMonitor.enabled "kind" "monitoring.coreos.com/v1/ServiceMonitor") -}}
+{{- end -}}
+
+{{/*
+"true" when Managed Prometheus PodMonitorings are rendered. auto = the cluster serves
+PodMonitoring and no ServiceMonitor is rendered: one scrape per target, never two.
+*/}}
+{{- define "maskfleet.podMonitoring.enabled" -}}
+{{- $switch := toString .Values.metrics.podMonitoring.enabled -}}
+{{- if eq $switch "true" -}}
+true
+{{- else if and (eq $switch "auto") (.Capabilities.APIVersions.Has "monitoring.googleapis.com/v1/PodMonitoring") (not (include "maskfleet.serviceMonitor.enabled" .)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The scrape targets of this release, one per Service: (name, component, variant, port name).
+ServiceMonitors and PodMonitorings both use it, so both produce the same `job` labels.
+*/}}
+{{- define "maskfleet.scrapeTargets" -}}
+{{- $targets := list (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "stable")) "component" "inference" "variant" "stable" "port" "http") -}}
+{{- if .Values.inference.canary.enabled -}}
+{{- $targets = append $targets (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "canary")) "component" "inference" "variant" "canary" "port" "http") -}}
+{{- end -}}
+{{- $targets = append $targets (dict "name" (printf "%s-metrics" (include "maskfleet.worker.fullname" .)) "component" "worker" "variant" "" "port" "metrics") -}}
+{{- toJson $targets -}}
+{{- end -}}
