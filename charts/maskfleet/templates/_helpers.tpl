@@ -360,11 +360,14 @@ cluster, hence 0. Call with (dict "ctx" $ "kind" "HTTPRoute"|"Ingress").
 {{- $canary := include "maskfleet.inference.fullname" (dict "ctx" $ctx "variant" "canary") -}}
 {{- $weight := 0 -}}
 {{- if eq .kind "HTTPRoute" -}}
+{{- /* Only where the kind is served: lookup of an unknown kind fails the whole render. */ -}}
+{{- if $ctx.Capabilities.APIVersions.Has "gateway.networking.k8s.io/v1/HTTPRoute" -}}
 {{- $live := lookup "gateway.networking.k8s.io/v1" "HTTPRoute" $ns (include "maskfleet.trafficRoute.name" $ctx) -}}
 {{- range $rule := dig "spec" "rules" list $live -}}
 {{- range $ref := (get $rule "backendRefs" | default list) -}}
 {{- if eq (get $ref "name") $canary -}}
 {{- $weight = get $ref "weight" | default 0 | int -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
