@@ -59,6 +59,11 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level; logs are JSON lines on stdout."""
 
+    cpu_limit: float | None = Field(default=None, gt=0)
+    """Cores this container may use, which sizes TensorFlow's thread pools (`shared/cpu.py`).
+    Unset: the cgroup CPU quota, else the visible cores. The chart may fill it from the
+    downward API (`resourceFieldRef: limits.cpu`)."""
+
     @model_validator(mode="after")
     def _refuse_laptop_defaults_in_production(self) -> Self:
         if self.environment == "production" and self.model_repository.startswith("./"):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.cpu import size_tensorflow_threads
 from shared.errors import ConfigError, MaskfleetError
 from shared.logging import configure_logging
 from training.config import load_config
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _emit({"status": "error", "error": f"invalid environment: {exc}"})
         return 2
     configure_logging(settings.log_level)
+    size_tensorflow_threads(settings.cpu_limit)  # before the first TensorFlow op
 
     from training.job import EXIT_CONFIG, EXIT_FAILED, new_run_id, run
 

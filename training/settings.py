@@ -10,8 +10,8 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class TrainingSettings(ServiceSettings):
-    """What the Kubernetes Job sets: its UID as run id, its CPU limit, plus the shared
-    repository/cache vars.
+    """What the Kubernetes Job sets: its UID as run id, plus the shared repository/cache vars
+    (the CPU limit that sizes TensorFlow's pools is the shared `cpu_limit`).
 
     `model_repository` and `model_name` are the fallback when the YAML config's `repository`
     section leaves them unset, so one ConfigMap works in every environment.
@@ -22,8 +22,3 @@ class TrainingSettings(ServiceSettings):
     The chart sets it to the Job's UID (label batch.kubernetes.io/controller-uid), unique per
     Job even when a name is reused after its old Job expired; unset means a fresh
     timestamped run."""
-
-    cpu_limit: int | None = Field(default=None, ge=1)
-    """The container's CPU limit in whole cores (the chart's downward API resourceFieldRef
-    limits.cpu, rounded up), so TensorFlow sizes its thread pools from the pod's share, not
-    from the node's core count. Unset = TensorFlow's own default."""

@@ -15,6 +15,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from shared.cpu import size_tensorflow_threads
 from shared.logging import configure_logging
 
 from .app import create_app
@@ -29,6 +30,7 @@ def main() -> None:
         logging.getLogger(__name__).error("invalid settings", extra={"errors": exc.errors()})
         sys.exit(2)
     configure_logging(settings.log_level)
+    size_tensorflow_threads(settings.cpu_limit)  # before the model's first op
     app = create_app(settings)
     _freeze_heap()
     config = uvicorn.Config(

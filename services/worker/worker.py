@@ -14,6 +14,7 @@ from services.jobs.broker import make_celery
 from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
 from services.worker.tasks import register_tasks
+from shared.cpu import size_tensorflow_threads
 from shared.logging import configure_logging
 
 
@@ -27,6 +28,7 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         configure_logging(settings.log_level)
 
     def start_process(**_: Any) -> None:
+        size_tensorflow_threads(settings.cpu_limit)  # before the model's first op
         runtime.warm_up()
         runtime.serve_metrics()
 
