@@ -4,18 +4,26 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# requirements/dev.txt is the hash-checked lock `make install` installs (see `make lock`).
+LOCK := requirements/dev.txt
+LOCKS := $(wildcard requirements/*.txt)
+UV ?= $(BIN)/uv
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-unit test-integration lint bench run stop manifests dashboards clean
+.PHONY: install test test-unit test-integration lint audit lock bench run stop manifests dashboards clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml scripts/install-system.sh
+# Exactly the locked versions, every file checked against its hash; then the project itself
+# with --no-deps (its dependencies are all in the lock) and without build isolation (the
+# locked setuptools builds it, nothing unpinned is downloaded). A changed lock reinstalls.
+$(INSTALLED): pyproject.toml $(LOCK) scripts/install-system.sh
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	scripts/install-system.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 test: install
@@ -30,6 +38,19 @@ test-integration: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services training
+
+# Known vulnerabilities in every locked version (PyPI's advisory data, via pip-audit).
+audit: install
+	for lock in $(LOCKS); do \
+	  echo "pip-audit $$lock"; \
+	  $(BIN)/pip-audit --strict --progress-spinner off --disable-pip --require-hashes -r $$lock || exit 1; \
+	done
+
+# Re-solve requirements/*.txt after editing pyproject.toml; LOCK_ARGS="--upgrade" moves every
+# pin to the newest allowed, LOCK_ARGS="--upgrade-package NAME" one package. Needs uv: the
+# dev lock installs it into .venv, or pass UV=/path/to/uv.
+lock:
+	UV=$(UV) scripts/lock.sh $(LOCK_ARGS)
 
 bench: install
 	$(BIN)/python -m loadtest.bench
