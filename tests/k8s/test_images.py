@@ -1,6 +1,7 @@
 """Structure of docker/Dockerfile (no Docker engine here, so nothing is built): multi-stage,
-each final image is python:3.11-slim plus a venv built with its own extra, runs as a
-non-root user, and carries neither build tools nor the dev extra. Also the CI workflows."""
+each final image is the digest-pinned python:3.11-slim plus a venv installed from its own
+hash-checked lock, runs as a non-root user, and carries neither build tools nor the dev extra.
+Also the CI workflows."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import yaml
 from tests.k8s.conftest import REPO
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
+INSTALL_SCRIPT = REPO / "docker" / "install-locked.sh"
 FINAL = {"inference": "api,rollout", "worker": "worker", "training": "train"}
+DIGEST = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
 COMMANDS = {
     "inference": ["python", "-m", "services.inference"],
     "worker": ["celery", "-A", "services.worker.app", "worker", "--pool=solo",
@@ -91,8 +94,10 @@ def test_final_image_is_slim_python_with_only_the_venv(stages: dict[str, Stage],
         source = copy.split()[0].removeprefix("--from=")
         builder = chain(stages, source)
         assert builder[-1].base.startswith("python:3.11-slim"), "same interpreter path"
-        installs = " ".join(instructions(stages, source, "RUN"))
-        assert f'".[{FINAL[target]}]"' in installs or f".[{FINAL[target]}]" in installs
+        installs = instructions(stages, source, "RUN")
+        assert f"install-locked deps {target}" in installs, "the image's own lock"
+        assert "install-locked project" in installs
+        assert not [run for run in installs if "pip install" in run], "only through the lock"
     for run in instructions(stages, target, "RUN"):
         assert "pip install" not in run
         assert not [tool for tool in BUILD_TOOLS if re.search(rf"\b{re.escape(tool)}\b", run)]
@@ -123,7 +128,8 @@ def test_no_dev_extra_or_test_files_in_any_image() -> None:
               if line.strip() and not line.startswith("#")]
     assert ignore[0] == "**", "the build context is an allow-list"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "shared", "services", "training"}
+    assert allowed == {"pyproject.toml", "README.md", "shared", "services", "training",
+                       "requirements", "docker/install-locked.sh"}
     assert "**/tests" in ignore
 
 
@@ -133,6 +139,50 @@ def test_inference_and_worker_share_their_layers(stages: dict[str, Stage]) -> No
     source = {t: instructions(stages, t, "COPY")[0].split()[0] for t in ("inference", "worker")}
     builders = {t: chain(stages, s.removeprefix("--from="))[1].name for t, s in source.items()}
     assert builders["inference"] == builders["worker"], "one builder stage with the sources"
+
+
+def test_install_step_uses_the_hash_checked_lock_and_resolves_nothing() -> None:
+    """The script every build stage runs: pip installs exactly requirements/<target>.txt with
+    --require-hashes --no-deps, and the project itself with --no-deps."""
+    pips = [line.strip() for line in INSTALL_SCRIPT.read_text().splitlines()
+            if line.strip().startswith("pip install")]
+    assert 'pip install --require-hashes --no-deps -r "requirements/$2.txt"' in pips
+    assert "pip install --require-hashes --no-deps -r requirements/cuda.txt" in pips
+    assert "pip install --no-deps --no-build-isolation ." in pips
+    assert all("--no-deps" in pip for pip in pips), "pip never resolves on its own"
+    for target in FINAL:
+        assert (REPO / "requirements" / f"{target}.txt").is_file()
+
+
+def test_base_images_are_pinned_by_digest(stages: dict[str, Stage]) -> None:
+    args, _ = parse(DOCKERFILE)
+    bases = {s.base for s in stages.values() if s.base not in stages}
+    assert bases, "at least one external base image"
+    for base in bases:
+        assert DIGEST.match(base), f"{base} is a tag, not a digest"
+    assert DIGEST.match(args["PYTHON_IMAGE"])
+    syntax = DOCKERFILE.read_text().splitlines()[0]
+    assert syntax.startswith("# syntax=")
+    assert DIGEST.match(syntax.removeprefix("# syntax="))
+    assert "imagetools inspect" in DOCKERFILE.read_text(), "documents how to refresh them"
+
+
+def test_gpu_variant_is_a_documented_build_argument(stages: dict[str, Stage]) -> None:
+    args, _ = parse(DOCKERFILE)
+    assert args["TENSORFLOW"] == "cpu", "CPU by default"
+    text = DOCKERFILE.read_text()
+    assert "--build-arg TENSORFLOW=cuda" in text
+    builder_env = " ".join(instructions(stages, "builder", "ENV"))
+    assert "TENSORFLOW=${TENSORFLOW}" in builder_env, "the script sees the build argument"
+    cuda = (REPO / "requirements" / "cuda.txt").read_text()
+    assert re.search(r"^tensorflow==", cuda, flags=re.MULTILINE)
+    assert "nvidia-cudnn-cu12==" in cuda
+    values = (REPO / "charts" / "maskfleet" / "values.yaml").read_text()
+    for component in FINAL:
+        block = values[values.index(f"@param {component}.gpu.enabled") - 400:
+                       values.index(f"@param {component}.gpu.enabled")]
+        assert "-cuda" in block, f"{component}.gpu docs name the image"
+        assert "TENSORFLOW=cuda" in block, f"{component}.gpu docs say how it is built"
 
 
 def test_run_commands_parse(stages: dict[str, Stage]) -> None:
@@ -158,13 +208,25 @@ def steps(wf: dict[Any, Any]) -> list[dict[str, Any]]:
     return [s for job in wf["jobs"].values() for s in job["steps"]]
 
 
-def test_ci_runs_make_test() -> None:
+def make_targets(script: str) -> list[str]:
+    return re.findall(r"^\s*make (\w+)\b", script, flags=re.MULTILINE)
+
+
+def test_team_ci_lints_before_it_tests() -> None:
+    assert make_targets((REPO / ".ci" / "run").read_text()) == ["lint", "test"]
+
+
+def test_github_ci_runs_what_the_team_ci_runs_and_audits_the_locks() -> None:
     wf = workflow("ci.yml")
-    assert {"push", "pull_request"} <= triggers(wf)
-    runs = [s["run"] for s in steps(wf) if "run" in s]
-    assert any(re.search(r"^make test\b", r, flags=re.MULTILINE) for r in runs)
-    python = next(s for s in steps(wf) if s.get("uses", "").startswith("actions/setup-python"))
+    assert {"push", "pull_request", "schedule"} <= triggers(wf)
+    test = wf["jobs"]["test"]
+    assert [s["run"] for s in test["steps"] if "run" in s] == ["bash .ci/run"]
+    python = next(s for s in test["steps"]
+                  if s.get("uses", "").startswith("actions/setup-python"))
     assert python["with"]["python-version"] == "3.11"
+    audit = [s["run"] for s in wf["jobs"]["audit"]["steps"] if "run" in s]
+    assert audit == ["make audit"]
+    assert not [s for s in steps(wf) if "shared" in s.get("run", "")], "no sibling folder"
 
 
 def test_images_workflow_builds_and_pushes_the_three_targets() -> None:
@@ -175,7 +237,13 @@ def test_images_workflow_builds_and_pushes_the_three_targets() -> None:
                  if s.get("uses", "").startswith("docker/build-push-action"))
     assert build["with"]["file"] == "docker/Dockerfile"
     assert build["with"]["target"] == "${{ matrix.target }}"
-    assert "push" in build["with"]
+    assert build["with"]["push"] == "${{ github.event_name != 'pull_request' }}"
+    assert "pull_request" in triggers(wf), "pull requests build the images, without pushing"
+    assert set(job["strategy"]["matrix"]["variant"]) == {"cpu", "cuda"}
+    assert build["with"]["build-args"].strip() == "TENSORFLOW=${{ matrix.variant }}"
+    on: dict[str, Any] = wf.get("on", wf.get(True, {}))
+    paths = on["pull_request"]["paths"]
+    assert "requirements/**" in paths, "a lock change rebuilds the images"
     assert wf["permissions"]["packages"] == "write"
     meta = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/metadata"))
     assert meta["with"]["images"].endswith("maskfleet-${{ matrix.target }}")
