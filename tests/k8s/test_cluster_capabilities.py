@@ -206,3 +206,42 @@ def test_documented_adapter_rule_serves_the_metric_the_hpa_reads(render: Any) ->
     hpa = one(objects, "HorizontalPodAutoscaler", STABLE)
     (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert pods["metric"]["name"] == rule["name"]["as"] == series
+
+
+def admits(objects: list[Manifest], target: dict[str, str], port_name: str,
+           namespace: str, pod: dict[str, str]) -> bool:
+    """Would some NetworkPolicy let a pod (labels `pod`) of another namespace (`namespace`,
+    as its kubernetes.io/metadata.name label) reach `target` on the named port?"""
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    for policy in by_kind(objects, "NetworkPolicy"):
+        if "Ingress" not in policy["spec"]["policyTypes"] or not selects(
+                policy["spec"]["podSelector"], target):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if rule.get("ports") and port_name not in [p["port"] for p in rule["ports"]]:
+                continue
+            for peer in rule.get("from", [{"namespaceSelector": {}}]):
+                if ("namespaceSelector" in peer
+                        and selects(peer["namespaceSelector"], ns_labels)
+                        and selects(peer.get("podSelector", {}), pod)):
+                    return True
+    return False
+
+
+def test_managed_prometheus_collectors_may_scrape_through_the_network_policies(
+        render: Any) -> None:
+    """Default deny would silently starve the PodMonitorings: the collectors in gmp-system
+    are let in on exactly the ports the PodMonitorings scrape."""
+    collector = {"app.kubernetes.io/name": "collector"}
+    managed = render(api_versions=MANAGED_PROMETHEUS)
+    for monitoring in by_kind(managed, "PodMonitoring"):
+        (endpoint,) = monitoring["spec"]["endpoints"]
+        target = next(pod["metadata"]["labels"] for _, pod in workloads(managed)
+                      if selects(monitoring["spec"]["selector"], pod["metadata"]["labels"]))
+        assert admits(managed, target, endpoint["port"], "gmp-system", collector)
+    # Only the collectors: the worker's metrics stay closed to everyone else.
+    worker = next(pod["metadata"]["labels"] for o, pod in workloads(managed)
+                  if o["metadata"]["name"] == "maskfleet-worker")
+    assert not admits(managed, worker, "metrics", "default", collector)
+    operator = render(api_versions=PROMETHEUS_OPERATOR)
+    assert not admits(operator, worker, "metrics", "gmp-system", collector)

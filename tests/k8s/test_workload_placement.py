@@ -204,3 +204,20 @@ def test_run_id_is_unique_per_job_and_cpu_limit_reaches_tensorflow(
 def test_fail_job_exit_codes_are_values(render: Any) -> None:
     spec = job_spec(render({"training": {"failJobExitCodes": [2]}}))
     assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
+
+
+def test_keda_operator_may_read_the_queue_through_the_network_policies(render: Any) -> None:
+    objects = keda_objects(render, "keda")
+    redis = next(pod["metadata"]["labels"] for o, pod in workloads(objects)
+                 if o["metadata"]["name"] == "maskfleet-redis")
+    allowed = [p for p in by_kind(objects, "NetworkPolicy")
+               if selects(p["spec"]["podSelector"], redis)
+               for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])
+               if selects(peer.get("namespaceSelector", {"matchLabels": {"x": "none"}}),
+                          {"kubernetes.io/metadata.name": "keda"})
+               and selects(peer.get("podSelector", {}),
+                           {"app.kubernetes.io/name": "keda-operator"})
+               and [pt["port"] for pt in rule["ports"]] == [6379]]
+    assert allowed, "KEDA's operator cannot reach Redis"
+    assert not [p for p in by_kind(render(), "NetworkPolicy")
+                if p["metadata"]["name"] == "maskfleet-redis-keda"]
