@@ -27,6 +27,13 @@ class WorkerSettings(JobSettings):
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
     """Port of the worker's Prometheus /metrics; 0 turns the endpoint off."""
 
+    worker_heartbeat_file: str | None = None
+    """File the Celery consumer loop touches every `worker_heartbeat_seconds`; the liveness
+    probe (`python -m services.worker.liveness`) fails when it goes stale. Unset: no beats."""
+
+    worker_heartbeat_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
+    """Interval between heartbeats while the consumer loop turns."""
+
     model_batch_size: int = Field(default=16, ge=1, le=256)
     """Images per model call inside a chunk; 8-32 is where this CPU reaches its ceiling."""
 

@@ -63,7 +63,16 @@ def test_api_probes_use_the_health_routes(rendered: list[Manifest]) -> None:
 
 def test_worker_and_redis_are_probed(defaults: list[Manifest]) -> None:
     worker = container(one(defaults, "Deployment", "maskfleet-worker"), "worker")
-    assert worker["livenessProbe"]["tcpSocket"]["port"] == "metrics"
+    assert worker["startupProbe"]["tcpSocket"]["port"] == "metrics"
+    # a TCP check stays green while the consumer is wedged: liveness reads its heartbeat
+    command = worker["livenessProbe"]["exec"]["command"]
+    assert command[:3] == ["python", "-m", "services.worker.liveness"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    beat_file = command[command.index("--file") + 1]
+    assert env["MASKFLEET_WORKER_HEARTBEAT_FILE"] == beat_file
+    assert beat_file.startswith("/tmp/"), "on the writable emptyDir"
+    max_age = float(command[command.index("--max-age") + 1])
+    assert max_age >= 3 * float(env["MASKFLEET_WORKER_HEARTBEAT_SECONDS"])
     redis = container(one(defaults, "StatefulSet", "maskfleet-redis"), "redis")
     assert {"livenessProbe", "readinessProbe"} <= set(redis)
 

@@ -53,3 +53,10 @@ def test_a_grace_period_shorter_than_sleep_plus_drain_is_refused(render: Render)
                                             "terminationGracePeriodSeconds": 45}}
     with pytest.raises(Exception, match="must cover preStopSleepSeconds"):
         render(values)
+
+
+def test_a_heartbeat_age_below_three_intervals_is_refused(render: Render):
+    values: dict[str, Any] = {"worker": {"heartbeat": {"intervalSeconds": 30,
+                                                       "maxAgeSeconds": 60}}}
+    with pytest.raises(Exception, match="at least three heartbeat intervals"):
+        render(values)
