@@ -110,8 +110,12 @@ class RolloutSettings(ServiceSettings):
     @field_validator("rollout_routes", "rollout_jobs")
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
+        """A broken regex is a settings error (exit 1 with a message), not a traceback."""
         if value is not None:
-            re.compile(value)
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from exc
         return value
 
     @model_validator(mode="after")
