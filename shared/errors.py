@@ -113,6 +113,13 @@ class VersionNotFound(NotFound):
     title = "Unknown model version"
 
 
+class StageNotServed(NotFound):
+    """`/v1/segment?stage=` names a stage this API instance does not serve."""
+
+    code = "stage_not_served"
+    title = "This API does not serve that stage"
+
+
 class JobNotFound(NotFound):
     code = "job_not_found"
     title = "Unknown job"

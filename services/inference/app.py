@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import redis.asyncio as redis
@@ -31,6 +32,8 @@ from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
 from .routes import feedback, health, jobs, segment, v2
 from .settings import InferenceSettings
+from .ui import install_ui
+from .ui.docs import install_docs
 
 
 def software_version() -> str:
@@ -60,6 +63,7 @@ def create_app(
     budget = PixelBudget(settings.max_inflight_pixels, metrics)
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
                           max_pixels=settings.max_pixels)
+    compare = _compare_segmenters(settings, repository, loader, cache, budget)
     served_log = RedisServedLog.from_settings(settings, redis_client)
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
@@ -70,12 +74,16 @@ def create_app(
         segmenter.start()
         await batcher.start()
         await holder.start()
+        for parts in compare.values():
+            await parts.start()
         try:
             yield
         finally:
             await batcher.stop()
             await holder.stop()
             segmenter.close()
+            for parts in compare.values():
+                await parts.stop()
             await served_log.close()
             await cache.close()
 
@@ -84,6 +92,8 @@ def create_app(
         version=software_version(),
         summary="Pet/background/border segmentation with a TensorFlow U-Net",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -92,6 +102,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.cache = cache
     app.state.segmenter = segmenter
+    app.state.compare_segmenters = {stage: parts.segmenter for stage, parts in compare.items()}
     app.state.served_log = served_log
     app.state.feedback = corrections
     app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
@@ -105,4 +116,49 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(v2.router)
     app.include_router(jobs.router)
+    install_ui(app)
+    install_docs(app)
     return app
+
+
+@dataclass
+class _StageParts:
+    """Holder, batcher and segmenter of a second stage (`compare_stage`)."""
+
+    holder: ModelHolder
+    batcher: Batcher
+    segmenter: Segmenter
+
+    async def start(self) -> None:
+        self.segmenter.start()
+        await self.batcher.start()
+        await self.holder.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.holder.stop()
+        self.segmenter.close()
+
+
+def _compare_segmenters(settings: InferenceSettings, repository: ModelRepository,
+                        loader: Loader | None, cache: ResultCache,
+                        budget: PixelBudget) -> dict[str, _StageParts]:
+    """The `compare_stage` pipeline, sharing the cache (its keys carry the version) and the
+    in-flight pixel budget (one memory bound for the process).
+
+    Its holder, batcher and codec report to a registry nobody scrapes: the pod's model metrics
+    stay those of the stage it serves, as dashboards and the rollout readout expect.
+    """
+    stage = settings.compare_stage
+    if stage is None or (settings.model_version is None and stage == settings.model_stage):
+        return {}
+    own = settings.model_copy(update={"model_stage": stage, "model_version": None})
+    metrics = ApiMetrics()
+    holder = ModelHolder(own, repository, metrics, loader)
+    batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
+                      max_wait_ms=settings.batch_max_wait_ms,
+                      max_queue_images=settings.batch_max_queue_images)
+    codec = CodecPool(1, settings.codec_max_queue, metrics)
+    segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
+                          max_pixels=settings.max_pixels)
+    return {stage: _StageParts(holder, batcher, segmenter)}

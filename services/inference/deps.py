@@ -39,6 +39,12 @@ async def get_segmenter(request: Request) -> Segmenter:
     return segmenter
 
 
+async def get_compare_segmenters(request: Request) -> dict[str, Segmenter]:
+    """Segmenters of further stages by name (`compare_stage`); usually empty."""
+    compare: dict[str, Segmenter] = request.app.state.compare_segmenters
+    return compare
+
+
 async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
@@ -63,6 +69,7 @@ SettingsDep = Annotated[InferenceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 DrainDep = Annotated[DrainMarker, Depends(get_drain)]
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
+CompareSegmentersDep = Annotated[dict[str, Segmenter], Depends(get_compare_segmenters)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]
 FeedbackDep = Annotated[Feedback, Depends(get_feedback)]

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, model_validator
 from services.jobs.settings import JobSettings
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.redis import RedisEndpoint
+from shared.settings import Stage
 
 Role = Literal["stable", "canary"]
 
@@ -172,6 +173,21 @@ class InferenceSettings(JobSettings):
     feedback_uri: str = "./var/data/feedback"
     """Where corrected pairs are stored, in the dataset layout: `<dataset>/feedback`, the
     prefix the retraining loader reads (the default is that of `make run`'s `./var/data`)."""
+
+    compare_stage: Stage | None = None
+    """A second stage this process also loads and serves on `/v1/segment?stage=<stage>`, for
+    the web page's compare view where no gateway splits traffic (a laptop, `make run`). In a
+    cluster leave it unset: the canary Deployment serves `candidate` and the page reaches each
+    side through the HTTPRoute's variant header. Costs a second model in memory; its batches
+    and model metrics are not exported (its HTTP requests are)."""
+
+    ui_variant_header: str = "X-Maskfleet-Variant"
+    """Header the page sends to ask the gateway for the stable or the canary Deployment (the
+    chart's `abTest.header.name`, which its HTTPRoute matches)."""
+
+    ui_variant_values: tuple[str, str] = ("stable", "canary")
+    """Values of `ui_variant_header` for stable and canary (`abTest.header.stableValue`,
+    `abTest.header.canaryValue`)."""
 
     def cache_redis(self) -> RedisEndpoint:
         """The cache role: one attempt per command, then the cache is bypassed for a while."""

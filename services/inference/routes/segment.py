@@ -7,13 +7,22 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from shared.errors import StageNotServed
+
 from ..admission import TIMEOUT_HEADER, Deadline, header_timeout
 from ..body import IMAGE_FIELD, read_image
-from ..deps import RequestIdDep, SegmenterDep, ServedLogDep, SettingsDep
+from ..deps import (
+    CompareSegmentersDep,
+    RequestIdDep,
+    SegmenterDep,
+    ServedLogDep,
+    SettingsDep,
+)
 from ..errors import PROBLEM_JSON
 from ..feedback import ServedMask
 from ..pipeline import MaskAnswer
 from ..schemas import SegmentAnswer
+from ..settings import InferenceSettings
 
 router = APIRouter(tags=["segment"])
 
@@ -40,7 +49,8 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
                   "schema": SegmentAnswer.model_json_schema()}}},
         **{status: {"description": title, **_PROBLEM} for status, title in (
             (400, "Empty body, malformed multipart"), (413, "Too many bytes or pixels"),
-            (415, "Not JPEG/PNG"), (422, "Undecodable image"), (503, "Model not loaded"))},
+            (404, "`stage` not served by this API"), (415, "Not JPEG/PNG"),
+            (422, "Undecodable image"), (503, "Model not loaded"))},
     },
 )
 async def segment(
@@ -49,10 +59,23 @@ async def segment(
     settings: SettingsDep,
     served_log: ServedLogDep,
     request_id: RequestIdDep,
+    compare: CompareSegmentersDep,
     format: Annotated[Literal["png", "json"] | None, Query(
         description="`json` for metadata and a base64 mask; default PNG unless the Accept "
                     "header asks for application/json")] = None,
+    stage: Annotated[str | None, Query(
+        max_length=32,
+        description="Ask for a second stage this API also serves (`MASKFLEET_COMPARE_STAGE`, "
+                    "for the web page's compare view); 404 for any other stage. In a "
+                    "cluster, reach the canary with the gateway's variant header instead.")
+    ] = None,
 ) -> Response:
+    if stage is not None and stage != _own_stage(settings):
+        if stage not in compare:
+            raise StageNotServed(f"this API serves {_own_stage(settings)!r}"
+                                 + "".join(f" and {s!r}" for s in compare)
+                                 + f", not {stage!r}")
+        segmenter = compare[stage]
     deadline = Deadline.within(settings.request_timeout_seconds).tightened(
         header_timeout(request.headers.get(TIMEOUT_HEADER)))
     image = await read_image(request, settings.max_body_bytes)
@@ -66,6 +89,10 @@ async def segment(
         body = _as_json(answer, request_id).model_dump_json()
         return Response(body, media_type="application/json", headers=headers)
     return Response(answer.mask.png, media_type="image/png", headers=headers)
+
+
+def _own_stage(settings: InferenceSettings) -> str:
+    return "pinned" if settings.model_version is not None else settings.model_stage
 
 
 def _wants_json(format: str | None, accept: str) -> bool:
