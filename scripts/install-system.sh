@@ -6,6 +6,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v wrk >/dev/null || need+=(wrk)  # `make bench` load generator
+command -v chromium >/dev/null || need+=(chromium)  # the web page's browser tests (Playwright)
 # Debian's own python3.11 ships venv/ensurepip separately
 python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
 [ ${#need[@]} -eq 0 ] && exit 0
