@@ -135,3 +135,8 @@ def test_docs_are_served_from_local_assets(client):
         assert client.get(f"/{url}").status_code == 200, url
     assert "'openapi.json'" in docs.text or '"openapi.json"' in docs.text
     assert client.get("/redoc").status_code == 404
+
+
+def test_the_root_links_to_the_page_and_the_docs(client):
+    links = client.get("/").json()["links"]
+    assert (links["ui"], links["docs"]) == ("/ui/", "/docs")

@@ -22,6 +22,8 @@ async def root(request: Request, holder: HolderDep, settings: SettingsDep) -> Ro
     app = request.app
     if app.docs_url:
         links["docs"] = app.docs_url
+    if any(getattr(route, "path", None) == "/ui" for route in app.routes):
+        links["ui"] = "/ui/"
     if app.openapi_url:
         links["openapi"] = app.openapi_url
     return Root(

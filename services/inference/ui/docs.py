@@ -34,3 +34,5 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon.png")
+
+    app.docs_url = "/docs"  # after FastAPI's own setup, which would have served the CDN page
