@@ -223,6 +223,14 @@ class Draining(MaskfleetError):
     title = "The server is shutting down"
 
 
+class InvalidStorageUri(InvalidInput):
+    """A URI no storage backend can use (a local path too long or malformed)."""
+
+    status = 422
+    code = "invalid_uri"
+    title = "The storage URI cannot be used"
+
+
 class StorageError(MaskfleetError):
     """Storage failed in a way that may pass (network, credentials refresh, throttling):
     the API answers 502 and the worker retries."""

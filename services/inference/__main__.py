@@ -19,6 +19,7 @@ from shared.cpu import size_tensorflow_threads
 from shared.logging import configure_logging
 
 from .app import create_app
+from .server import guarded_protocol
 from .settings import InferenceSettings
 
 
@@ -42,6 +43,10 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=round(settings.shutdown_timeout_seconds),
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        limit_concurrency=settings.limit_concurrency,
+        http=guarded_protocol(max_header_bytes=settings.max_header_bytes,
+                              header_timeout=settings.header_timeout_seconds,
+                              body_timeout=settings.body_timeout_seconds),
     )
     uvicorn.Server(config).run()
 

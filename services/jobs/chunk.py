@@ -24,6 +24,7 @@ from services.jobs.records import ItemError, JobPlan, JobState
 from services.jobs.store import JobStore
 from shared.errors import (
     InvalidImage,
+    InvalidStorageUri,
     JobNotFound,
     MaskfleetError,
     ObjectNotFound,
@@ -138,7 +139,7 @@ class ChunkRunner:
         """An image's bytes, or the per-item error; other storage errors retry the chunk."""
         try:
             data = self.storage(uri).read(uri)
-        except ObjectNotFound as exc:
+        except (ObjectNotFound, InvalidStorageUri) as exc:  # this item's fault: record it
             return exc
         if len(data) > self.max_image_bytes:
             return PayloadTooLarge(f"{len(data)} bytes is more than the {self.max_image_bytes} "

@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.jobs.records import InputSummary
-from shared.errors import InvalidJob, JobTooLarge, NoImagesFound, ObjectNotFound, StorageError
+from shared.errors import (
+    InvalidJob,
+    JobTooLarge,
+    NoImagesFound,
+    ObjectNotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from shared.storage import Storage, basename, folder, join, storage_for
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -88,6 +95,8 @@ def _list_prefix(
         listed = storage(base).list(base)
     except ObjectNotFound as exc:
         raise NoImagesFound(f"input {prefix}: {exc.detail}") from exc
+    except StorageUnavailable:
+        raise  # passing: the caller gets 503 and may retry
     except StorageError as exc:
         raise InvalidJob(f"cannot list input {prefix}: {exc.detail}") from exc
     uris = [u for u in listed if is_image(u) and not u.startswith(out_folder)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,15 +30,20 @@ class JobState(StrEnum):
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
+MAX_URI_CHARS = 2048
+"""Longer than any GCS URI (object names are at most 1024 bytes) or sane local path."""
+Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
+
+
 class JobRequest(BaseModel):
     """Body of `POST /v1/jobs`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str] = Field(min_length=1)
+    input: Uri | Annotated[list[Uri], Field(min_length=1)]
     """A URI prefix (treated as a folder) or an explicit list of image URIs."""
 
-    output: str = Field(min_length=1)
+    output: Uri
     """URI prefix receiving `<name>.png` masks, `manifest.jsonl` and `_manifests/`."""
 
     model_version: int | None = Field(default=None, ge=1)

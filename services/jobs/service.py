@@ -19,7 +19,13 @@ from services.jobs.inputs import chunk_count, resolve_inputs
 from services.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
-from shared.errors import InvalidJob, JobNotFound, JobsUnavailable, StorageError
+from shared.errors import (
+    InvalidJob,
+    JobNotFound,
+    JobsUnavailable,
+    StorageError,
+    StorageUnavailable,
+)
 from shared.redis import plain_reason
 from shared.repository import ModelRepository
 from shared.storage import Storage, storage_for
@@ -152,5 +158,7 @@ class JobService:
         try:
             self.storage(uri).write(uri, plan.model_dump_json(indent=2).encode(),
                                     "application/json")
-        except (StorageError, OSError) as exc:
-            raise InvalidJob(f"cannot write to output {plan.output}: {exc}") from exc
+        except StorageUnavailable:
+            raise  # passing: the caller gets 503 and may retry
+        except StorageError as exc:
+            raise InvalidJob(f"cannot write to output {plan.output}: {exc.detail}") from exc

@@ -3,18 +3,47 @@
 The client honours STORAGE_EMULATOR_HOST (anonymous credentials), so tests run the same code
 against the emulator. Every call passes the client's own retry policy: our writes always put
 the same bytes at the same name, so retrying them is safe.
+
+Errors are translated here, so no caller sees a google or requests exception: API errors
+become `StorageError` (502, `ObjectNotFound` 404); credentials that cannot be obtained or
+refreshed (metadata server, Workload Identity, token endpoint) and transport failures become
+`StorageUnavailable` (503). Both are `StorageError`s, which the worker retries.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from shared.errors import ObjectNotFound, StorageError
+from shared.errors import InvalidStorageUri, ObjectNotFound, StorageError, StorageUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_UNREACHABLE = (auth_exc.GoogleAuthError, OSError)
+"""What the client raises when credentials or the network fail, rather than the API
+(requests' and urllib3's exceptions are `OSError`s)."""
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise StorageUnavailable(f"cannot reach Cloud Storage: {type(exc).__name__}: "
+                                     f"{exc}") from exc
+        except gexc.RetryError as exc:
+            raise StorageUnavailable(f"Cloud Storage kept failing: {exc}") from exc
+    return wrapper
 
 _SCHEME = "gs://"
 
@@ -22,13 +51,15 @@ _SCHEME = "gs://"
 def split(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix(_SCHEME).partition("/")
     if not bucket:
-        raise StorageError(f"no bucket in {uri!r}")
+        raise InvalidStorageUri(f"no bucket in {uri[:200]!r}")
     return bucket, key
 
 
 class GcsStorage:
-    def __init__(self, client: storage.Client | None = None) -> None:
+    def __init__(self, client: storage.Client | None = None,
+                 retry: Retry = DEFAULT_RETRY) -> None:
         self._given = client
+        self._retry = retry
 
     @cached_property
     def client(self) -> storage.Client:
@@ -38,46 +69,62 @@ class GcsStorage:
         bucket, key = split(uri)
         return self.client.bucket(bucket).blob(key)
 
+    @_translated
     def read(self, uri: str) -> bytes:
         try:
-            return bytes(self._blob(uri).download_as_bytes(retry=DEFAULT_RETRY))
+            return bytes(self._blob(uri).download_as_bytes(retry=self._retry))
         except gexc.NotFound as exc:
             raise ObjectNotFound(f"no object at {uri}") from exc
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"reading {uri}: {exc}") from exc
 
+    @_translated
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         try:
             self._blob(uri).upload_from_string(
-                data, content_type=content_type or "application/octet-stream", retry=DEFAULT_RETRY
+                data, content_type=content_type or "application/octet-stream", retry=self._retry
             )
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"writing {uri}: {exc}") from exc
 
+    @_translated
     def exists(self, uri: str) -> bool:
         try:
-            return bool(self._blob(uri).exists(retry=DEFAULT_RETRY))
+            return bool(self._blob(uri).exists(retry=self._retry))
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"checking {uri}: {exc}") from exc
 
+    @_translated
     def list(self, prefix: str) -> list[str]:
         bucket, key = split(prefix)
         try:
-            blobs = self.client.list_blobs(bucket, prefix=key, retry=DEFAULT_RETRY)
+            blobs = self.client.list_blobs(bucket, prefix=key, retry=self._retry)
             return sorted(f"{_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
         except gexc.NotFound as exc:
             raise ObjectNotFound(f"no bucket {bucket}") from exc
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"listing {prefix}: {exc}") from exc
 
+    @_translated
     def delete(self, uri: str) -> None:
         try:
-            self._blob(uri).delete(retry=DEFAULT_RETRY)
+            self._blob(uri).delete(retry=self._retry)
         except gexc.NotFound:
             return
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"deleting {uri}: {exc}") from exc
 
+    @_translated
     def download_tree(self, prefix: str, dest: Path) -> Path:
         root = prefix.rstrip("/") + "/"
         uris = self.list(root)

@@ -1,13 +1,49 @@
-"""Local disk behind the storage interface (plain paths and file:// URIs)."""
+"""Local disk behind the storage interface (plain paths and file:// URIs).
+
+Every `OSError` is translated here, so no caller catches one: a path the system cannot use at
+all (too long, invalid, a symlink loop) is the caller's mistake (`InvalidStorageUri`, 422);
+anything else the disk says (permissions, space, I/O) is a `StorageError` (502).
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-from shared.errors import ObjectNotFound
+from shared.errors import InvalidStorageUri, ObjectNotFound, StorageError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_BAD_PATH = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP})
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a storage operation with its `OSError`s turned into maskfleet errors."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"no object at {_name(exc)}") from exc
+        except OSError as exc:
+            if exc.errno in _BAD_PATH:
+                raise InvalidStorageUri(f"unusable local path {_name(exc)}: "
+                                        f"{os.strerror(exc.errno or 0)}") from exc
+            raise StorageError(f"local storage failed on {_name(exc)}: "
+                               f"{exc.strerror or exc}") from exc
+        except ValueError as exc:  # e.g. an embedded NUL byte
+            raise InvalidStorageUri(f"unusable local path: {exc}") from exc
+    return wrapper
+
+
+def _name(exc: OSError) -> str:
+    return repr(str(exc.filename)[:200]) if exc.filename is not None else "a path"
 
 _SCHEME = "file://"
 
@@ -19,12 +55,11 @@ class LocalStorage:
     def _path(uri: str) -> Path:
         return Path(uri.removeprefix(_SCHEME))
 
+    @_translated
     def read(self, uri: str) -> bytes:
-        try:
-            return self._path(uri).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise ObjectNotFound(f"no object at {uri}") from exc
+        return self._path(uri).read_bytes()
 
+    @_translated
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         path = self._path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,9 +72,11 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @_translated
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
 
+    @_translated
     def list(self, prefix: str) -> list[str]:
         """Object-store semantics, as on GCS: every file whose URI starts with `prefix`.
 
@@ -60,6 +97,7 @@ class LocalStorage:
                 found.append(f"{scheme}{base_text}{relative}")
         return sorted(found)
 
+    @_translated
     def delete(self, uri: str) -> None:
         path = self._path(uri)
         if path.is_dir():
@@ -67,6 +105,7 @@ class LocalStorage:
         else:
             path.unlink(missing_ok=True)
 
+    @_translated
     def download_tree(self, prefix: str, dest: Path) -> Path:
         src = self._path(prefix)
         if not src.is_dir():

@@ -101,3 +101,21 @@ def test_uri_helpers() -> None:
     assert basename("gs://b/p/file.png") == "file.png"
     assert isinstance(storage_for("/tmp/x"), LocalStorage)
     assert isinstance(storage_for("file:///tmp/x"), LocalStorage)
+
+
+def test_local_os_errors_become_storage_errors_never_oserror(tmp_path: Path) -> None:
+    from shared.errors import InvalidStorageUri, StorageError
+
+    storage = LocalStorage()
+    too_long = str(tmp_path / ("x" * 5000))
+    with pytest.raises(InvalidStorageUri, match="File name too long"):
+        storage.read(too_long)
+    with pytest.raises(InvalidStorageUri):
+        storage.list(too_long + "/")
+    with pytest.raises(InvalidStorageUri):
+        storage.write(str(tmp_path / ("y" * 300) / "a.png"), b"x")
+    with pytest.raises(InvalidStorageUri):
+        storage.read(str(tmp_path / "nul\x00byte"))
+    # sysfs refuses new files to everyone, root included: an OSError that is not the path's
+    with pytest.raises(StorageError, match="Permission denied"):
+        storage.write("/sys/maskfleet-test.png", b"x")

@@ -1,0 +1,105 @@
+"""uvicorn's HTTP protocol with the guards it lacks: a request-head size limit and read
+timeouts for the head and the body.
+
+uvicorn (with httptools) buffers a request head of any size and waits for a head or a body
+forever: one client can hold a 64 MiB header in memory, and a few hundred sockets sending a
+byte now and then keep connections and requests open indefinitely. These guards sit in the
+transport, before any ASGI code runs, so they also hold when the application is busy:
+- a head larger than `max_header_bytes` gets 431 and the connection is closed (at most one
+  read beyond the limit is ever buffered);
+- a connection that does not complete a request head within `header_timeout_seconds` of
+  opening (or of the head's first byte) gets 408 and is closed;
+- a body not complete within `body_timeout_seconds` after its head gets 408 and is closed.
+An idle keep-alive connection is closed by uvicorn's own `timeout_keep_alive`. The gateway in
+front adds its own limits (docs/deploy.md, "Gateway limits"); these hold without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.errors import HeaderTooLarge, MaskfleetError, RequestTimeout
+
+
+def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
+                     body_timeout: float) -> type[asyncio.Protocol]:
+    """An `HttpToolsProtocol` subclass with the limits baked in, for `uvicorn.Config(http=)`."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_bytes = 0
+            self._head_done = False
+            self._timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm(header_timeout, RequestTimeout(
+                f"no complete request head within {header_timeout:g} s"))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._head_done:
+                if self._head_bytes == 0 and self._timer is None:
+                    self._arm(header_timeout, RequestTimeout(
+                        f"no complete request head within {header_timeout:g} s"))
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if not self._head_done and self._head_bytes > max_header_bytes:
+                self._refuse(HeaderTooLarge(
+                    f"the request head exceeds {max_header_bytes} bytes"))
+
+        def on_headers_complete(self) -> None:
+            self._head_done = True
+            self._head_bytes = 0
+            self._arm(body_timeout, RequestTimeout(
+                f"the request body was not received within {body_timeout:g} s"))
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            self._head_done = False
+            super().on_message_complete()
+
+        def _arm(self, seconds: float, error: MaskfleetError) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._refuse, error)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _refuse(self, error: MaskfleetError) -> None:
+            """Answer `error` (unless a response already started) and close the connection."""
+            self._disarm()
+            if self.transport is None or self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(_problem_bytes(error))
+            if self.cycle is not None:
+                self.cycle.disconnected = True  # the application stops reading and sending
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
+
+
+def _problem_bytes(error: MaskfleetError) -> bytes:
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"type": f"urn:maskfleet:error:{error.code}", "title": error.title,
+                       "status": error.status, "detail": error.detail, "code": error.code,
+                       "request_id": request_id}).encode()
+    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
+        error.status, b"Error")
+    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\n"
+            b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n"
+            % (error.status, reason, len(body), request_id.encode()))
+    return head + body
