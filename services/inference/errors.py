@@ -13,7 +13,7 @@ import logging
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared.errors import (
@@ -26,6 +26,8 @@ from shared.errors import (
 )
 
 PROBLEM_JSON = "application/problem+json"
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client closed the connection before the answer."""
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away while its body was read (or was cut off for being too slow):
+    nobody will read an answer, so none is rendered; 499 is what the metrics record."""
+    log.debug("client disconnected", extra={"path": request.url.path,
+                                            "request_id": getattr(request.state,
+                                                                  "request_id", None)})
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc,
               extra={"request_id": getattr(request.state, "request_id", None)})
@@ -99,4 +110,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MaskfleetError, _maskfleet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -32,6 +32,7 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNMATCHED = "unmatched"
 SCRAPE_PATH = "/metrics"
 CLIENT_CLOSED = 499
+"""nginx's status for a request whose client closed the connection before the answer."""
 
 
 class RequestContext:

@@ -10,6 +10,7 @@ so with the default `max_inflight_pixels` (96 M) the API stays within ~500 MB of
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import struct
@@ -200,10 +201,9 @@ def test_amplification_requests_and_concurrent_copies_stay_within_the_memory_bou
 def raw_request(api: Server, data: bytes, *, read_timeout: float = 10.0) -> bytes:
     """Send raw bytes, return whatever the server answers before closing (or timing out)."""
     with socket.create_connection(("127.0.0.1", api.port), timeout=read_timeout) as sock:
-        try:
+        # the server may answer and close while we are still sending
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed while we were still sending
         return read_until_closed(sock, read_timeout)
 
 
@@ -306,9 +306,10 @@ def test_trailing_bytes_do_not_defeat_the_cache(api, baseline):
         first = segment(client, api, image)
         second = segment(client, api, image + b"\x00")
         third = segment(client, api, image + b"trailing junk" * 100)
-    assert (first.headers["x-cache"], second.headers["x-cache"], third.headers["x-cache"]) \
-        == ("miss", "hit", "hit")
-    assert first.content == second.content == third.content
+    caching = [a.headers["x-cache"] for a in (first, second, third)]
+    assert caching == ["miss", "hit", "hit"]
+    assert first.content == second.content
+    assert first.content == third.content
 
 
 def test_phone_photos_mpo_and_exif_orientation(api, baseline):
@@ -354,7 +355,8 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(api, baseline):
                                 range(96)))
     statuses = [a.status_code for a in answers]
     assert set(statuses) <= {200, 503}, statuses
-    assert 503 in statuses and 200 in statuses
+    assert 503 in statuses, "twice the queue's worth at once: some are shed"
+    assert 200 in statuses, "and the rest are served"
     for answer in answers:
         if answer.status_code == 503:
             assert_problem(answer, 503, "overloaded")

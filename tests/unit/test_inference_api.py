@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.inference.app import create_app
-from services.inference.deps import get_served_log
+from services.inference.deps import get_segmenter, get_served_log
 from services.inference.feedback import ServedMask
 from services.inference.settings import InferenceSettings
 from tests.servers import wait_until
@@ -311,3 +312,31 @@ def test_the_ingress_path_prefixes_reach_the_same_routes(client, prefix):
     assert prefixed.content == plain.content
     assert client.get(f"{prefix}/readyz").status_code == 200
     assert client.get("/model-c/readyz").status_code == 404
+
+
+def test_an_unexpected_failure_is_a_500_problem_that_still_carries_the_request_id(client):
+    async def broken() -> object:
+        raise RuntimeError("a bug " + "x" * 5000)
+
+    client.app.dependency_overrides[get_segmenter] = broken
+    try:
+        answer = segment(client, half_white(), headers={"X-Request-Id": "trace-500"})
+    finally:
+        client.app.dependency_overrides.clear()
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["x-request-id"] == "trace-500"
+    assert answer.json()["request_id"] == "trace-500"
+    assert "Traceback" not in answer.text
+    assert "xxxx" not in answer.text
+
+
+def test_log_lines_clip_what_callers_control():
+    from shared.logging import JsonFormatter
+
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "m" * 5000, None, None)
+    record.detail = "d" * 50_000
+    record.body = b"\x00" * 10_000
+    line = JsonFormatter().format(record)
+    assert len(line) < 4000
+    assert "more characters" in line

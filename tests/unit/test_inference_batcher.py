@@ -8,11 +8,12 @@ import threading
 import numpy as np
 import pytest
 
+from services.inference.admission import Deadline
 from services.inference.batcher import Batcher, StaleInput
 from services.inference.metrics import ApiMetrics
 from services.inference.model_holder import ModelHolder
 from services.inference.settings import InferenceSettings
-from shared.errors import ModelNotReady
+from shared.errors import DeadlineExceeded, ModelNotReady, Overloaded
 from shared.repository import VersionMetadata
 
 pytestmark = pytest.mark.anyio
@@ -191,3 +192,39 @@ async def test_a_pinned_version_is_served_and_labelled_pinned(metrics):
     assert holder.require().stage == "pinned"
     assert metrics.registry.get_sample_value("maskfleet_model_info", {
         "model": "unet", "version": "3", "stage": "pinned", "role": "stable"}) == 1
+
+
+async def test_a_full_queue_sheds_at_once_and_stale_or_abandoned_work_never_reaches_the_model(
+        metrics):
+    model = FakeModel(1)
+    holder, _ = await loaded_holder({1: model}, metrics)
+    batcher = Batcher(holder, metrics, max_size=2, max_wait_ms=1, max_queue_images=3)
+    await batcher.start()
+    model.gate.clear()
+    busy = asyncio.create_task(batcher.run(pixels()))
+    await asyncio.to_thread(model.entered.wait, 10)  # the model thread is now busy
+    expiring = asyncio.create_task(batcher.run(pixels(), Deadline.within(0.05)))
+    abandoned = asyncio.create_task(batcher.run(pixels()))
+    kept = asyncio.create_task(batcher.run(pixels()))
+    await wait_for(lambda: batcher.queued == 3, "three requests queued behind the call")
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.run(pixels())  # 3 images queued already: refused without waiting
+    assert metrics.registry.get_sample_value(
+        "maskfleet_queue_depth", {"queue": "batch"}) == 3
+    abandoned.cancel()  # the client went away (the middleware cancels its task)
+    await asyncio.sleep(0.1)  # past the expiring request's deadline
+    model.gate.set()
+    assert len((await busy).class_ids) == 1
+    with pytest.raises(DeadlineExceeded):
+        await expiring
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    assert len((await kept).class_ids) == 1
+    await batcher.stop()
+    assert model.batches == [1, 1], "only the first and the kept request were computed"
+    sample = metrics.registry.get_sample_value
+    assert sample("maskfleet_work_dropped_total", {"stage": "model", "reason": "deadline"}) == 1
+    assert sample("maskfleet_work_dropped_total",
+                  {"stage": "model", "reason": "disconnected"}) == 1
+    assert sample("maskfleet_requests_shed_total", {"reason": "batch_queue"}) == 1
+    assert sample("maskfleet_queue_depth", {"queue": "batch"}) == 0
