@@ -46,7 +46,8 @@ def main() -> None:
         limit_concurrency=settings.limit_concurrency,
         http=guarded_protocol(max_header_bytes=settings.max_header_bytes,
                               header_timeout=settings.header_timeout_seconds,
-                              body_timeout=settings.body_timeout_seconds),
+                              body_timeout=settings.body_timeout_seconds,
+                              idle_timeout=settings.keep_alive_timeout_seconds),
     )
     uvicorn.Server(config).run()
 

@@ -7,8 +7,11 @@ byte now and then keep connections and requests open indefinitely. These guards 
 transport, before any ASGI code runs, so they also hold when the application is busy:
 - a head larger than `max_header_bytes` gets 431 and the connection is closed (at most one
   read beyond the limit is ever buffered);
-- a connection that does not complete a request head within `header_timeout_seconds` of
-  opening (or of the head's first byte) gets 408 and is closed;
+- a request head not complete within `header_timeout_seconds` of its first byte gets 408
+  and the connection is closed;
+- a new connection that sends nothing is closed (silently) after `idle_timeout`, the same
+  keep-alive timeout uvicorn applies between requests, since load balancers open backend
+  connections ahead of the requests they will carry;
 - a body not complete within `body_timeout_seconds` after its head gets 408 and is closed.
 An idle keep-alive connection is closed by uvicorn's own `timeout_keep_alive`. The gateway in
 front adds its own limits (docs/deploy.md, "Gateway limits"); these hold without it.
@@ -26,8 +29,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared.errors import HeaderTooLarge, MaskfleetError, RequestTimeout
 
 
-def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
-                     body_timeout: float) -> type[asyncio.Protocol]:
+def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeout: float,
+                     idle_timeout: float) -> type[asyncio.Protocol]:
     """An `HttpToolsProtocol` subclass with the limits baked in, for `uvicorn.Config(http=)`."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -39,8 +42,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
             super().connection_made(transport)  # type: ignore[arg-type]
-            self._arm(header_timeout, RequestTimeout(
-                f"no complete request head within {header_timeout:g} s"))
+            self._arm(idle_timeout, None)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -48,7 +50,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
 
         def data_received(self, data: bytes) -> None:
             if not self._head_done:
-                if self._head_bytes == 0 and self._timer is None:
+                if self._head_bytes == 0:  # the first byte of a head: its clock starts
                     self._arm(header_timeout, RequestTimeout(
                         f"no complete request head within {header_timeout:g} s"))
                 self._head_bytes += len(data)
@@ -69,7 +71,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
             self._head_done = False
             super().on_message_complete()
 
-        def _arm(self, seconds: float, error: MaskfleetError) -> None:
+        def _arm(self, seconds: float, error: MaskfleetError | None) -> None:
             self._disarm()
             self._timer = self.loop.call_later(seconds, self._refuse, error)
 
@@ -78,12 +80,13 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float,
                 self._timer.cancel()
                 self._timer = None
 
-        def _refuse(self, error: MaskfleetError) -> None:
-            """Answer `error` (unless a response already started) and close the connection."""
+        def _refuse(self, error: MaskfleetError | None) -> None:
+            """Answer `error` (unless a response already started, or there is no error: an
+            idle connection) and close the connection."""
             self._disarm()
             if self.transport is None or self.transport.is_closing():
                 return
-            if self.cycle is None or not self.cycle.response_started:
+            if error is not None and (self.cycle is None or not self.cycle.response_started):
                 self.transport.write(_problem_bytes(error))
             if self.cycle is not None:
                 self.cycle.disconnected = True  # the application stops reading and sending
