@@ -62,8 +62,12 @@ class LocalStorage:
     @_translated
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         path = self._path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            # nothing is missing: the place to write is occupied by a file (or vanished)
+            raise StorageError(f"cannot write {uri[:200]}: {exc.strerror}") from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
