@@ -4,6 +4,7 @@ name, with a training config the Job accepts."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from typing import Any
@@ -35,7 +36,7 @@ def set_values(command: str) -> dict[str, Any]:
     for variable, example in EXAMPLE.items():
         command = command.replace(variable, example)
     words = shlex.split(command)
-    for flag, value in zip(words, words[1:], strict=False):
+    for flag, value in itertools.pairwise(words):
         if flag != "--set":
             continue
         key, _, raw = value.partition("=")
