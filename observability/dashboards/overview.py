@@ -85,6 +85,26 @@ def build() -> Dashboard:
         .with_panel(graph(
             "Model call time", "Duration of one batched model call.", "s",
             *_latency("maskfleet_model_inference_seconds"), width=6))
+        .with_row(Row("Admission control"))
+        .with_panel(graph(
+            "Shed and expired", "Requests refused at once with 503 (by full queue or pixel "
+            "budget), answered 504 (deadline passed), and queued work dropped before it ran "
+            "(deadline, client gone).", "reqps",
+            query(q.sum_rate("maskfleet_requests_shed_total", labels=("reason",)),
+                  "shed: {{reason}}"),
+            query(q.sum_rate("maskfleet_deadline_exceeded_total"), "504 deadline"),
+            query(q.sum_rate("maskfleet_work_dropped_total", labels=("stage", "reason")),
+                  "dropped: {{stage}} {{reason}}"), width=8, minimum=0))
+        .with_panel(graph(
+            "Queue depth", "Work waiting per pod: images for the model (bounded by "
+            "batch_max_queue_images), jobs for the codec threads (codec_max_queue).", "short",
+            query(f'max by (instance, queue) ({q.selector("maskfleet_queue_depth")})',
+                  "{{instance}} {{queue}}"), width=8, minimum=0))
+        .with_panel(graph(
+            "Pixels in flight", "Pixels of the requests being served per pod: what bounds "
+            "request memory (max_inflight_pixels).", "short",
+            query(f'max by (instance) ({q.selector("maskfleet_pixels_in_flight")})',
+                  "{{instance}}"), width=8, minimum=0))
         .with_row(Row("Result cache"))
         .with_panel(graph(
             "Cache hit ratio", "Share of cache lookups served from Redis.", "percentunit",

@@ -61,6 +61,7 @@ def test_the_issue_s_alerts_exist() -> None:
         "MaskfleetCacheErrors",
         "MaskfleetBatchBacklogGrowing", "MaskfleetBatchStalled",  # backlog
         "MaskfleetWorkerChunkFailures", "MaskfleetWorkerImageErrors",  # worker failures
+        "MaskfleetRequestsShed",  # load shedding (admission control)
     } <= names
 
 
