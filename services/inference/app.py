@@ -23,6 +23,7 @@ from .admission import PixelBudget
 from .batcher import Batcher
 from .cache import ResultCache
 from .codec import CodecPool
+from .dataplane import DataPlane
 from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
@@ -64,6 +65,7 @@ def create_app(
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
                           max_pixels=settings.max_pixels)
     compare = _compare_segmenters(settings, repository, loader, cache, budget)
+    dataplane = DataPlane(settings, holder, segmenter)
     served_log = RedisServedLog.from_settings(settings, redis_client)
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
@@ -102,6 +104,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.cache = cache
     app.state.segmenter = segmenter
+    app.state.dataplane = dataplane
     app.state.compare_segmenters = {stage: parts.segmenter for stage, parts in compare.items()}
     app.state.served_log = served_log
     app.state.feedback = corrections

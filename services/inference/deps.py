@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .dataplane import DataPlane
 from .drain import DrainMarker
 from .feedback import Feedback, ServedLog
 from .metrics import ApiMetrics
@@ -32,6 +33,11 @@ async def get_holder(request: Request) -> ModelHolder:
 async def get_drain(request: Request) -> DrainMarker:
     drain: DrainMarker = request.app.state.drain
     return drain
+
+
+async def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
 
 
 async def get_segmenter(request: Request) -> Segmenter:
@@ -68,6 +74,7 @@ async def get_request_id(request: Request) -> str:
 SettingsDep = Annotated[InferenceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 DrainDep = Annotated[DrainMarker, Depends(get_drain)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 CompareSegmentersDep = Annotated[dict[str, Segmenter], Depends(get_compare_segmenters)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -124,13 +124,26 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int,
                              for e in exc.errors()[:5])
         raise InvalidInferenceRequest(f"not a valid inference request: {problems}") from None
     tensor = request.inputs[0]
-    raw = _binary_slice(tensor, binary)
+    return to_input(tensor, _binary_slice(tensor, binary), request_id=request.id,
+                    parameters=request.parameters, outputs=_outputs(request),
+                    max_images=max_images, budget=budget)
+
+
+def to_input(tensor: TensorInput, raw: bytes | None, *, request_id: str | None,
+             parameters: dict[str, Any], outputs: dict[str, bool], max_images: int,
+             budget: Budget) -> InferInput:
+    """One input tensor, as any transport received it, checked against the tensor rules.
+
+    `raw` is the tensor's flattened row-major bytes (Triton's layout: BYTES elements carry a
+    little-endian uint32 length prefix); without it the values are read from `tensor.data`
+    (JSON lists; BYTES as base64 strings). REST and gRPC both end here, so both refuse the same
+    shapes, counts and budgets with the same errors.
+    """
     count = tensor.shape[0] if tensor.shape else 0
     if not 1 <= count <= max_images:
         limit = f"between 1 and {max_images}"
         error = PayloadTooLarge if count > max_images else InvalidInferenceRequest
         raise error(f"a request carries {limit} images; shape {tensor.shape} has {count}")
-    outputs = _outputs(request)
     if tensor.datatype == UINT8:
         pixels, encoded = _pixels(tensor, raw, outputs, budget), None
     elif tensor.datatype == BYTES:
@@ -139,7 +152,20 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int,
         raise InvalidInferenceRequest(
             f"input datatype {tensor.datatype!r} is not accepted: send UINT8 [N,H,W,3] pixels "
             f"or BYTES [N] encoded images")
-    return InferInput(request.id, pixels, encoded, outputs, request.parameters)
+    return InferInput(request_id, pixels, encoded, outputs, parameters)
+
+
+def choose_outputs(names: Sequence[tuple[str, bool]], default_binary: bool) -> dict[str, bool]:
+    """Requested `(name, binary)` pairs -> the outputs to build; `mask` when none is named."""
+    if not names:
+        return {MASK: default_binary}
+    chosen: dict[str, bool] = {}
+    for name, binary in names:
+        if name not in OUTPUTS:
+            raise InvalidInferenceRequest(
+                f"unknown output {name!r}; available: {', '.join(OUTPUTS)}")
+        chosen[name] = binary
+    return chosen
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -239,52 +265,81 @@ def _deserialize_bytes(raw: bytes) -> list[bytes]:
     return items
 
 
-def _serialize_bytes(items: Sequence[bytes]) -> bytes:
+def serialize_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
 def _outputs(request: InferenceRequest) -> dict[str, bool]:
     default_binary = request.parameters.get("binary_data_output") is True
-    if not request.outputs:
-        return {MASK: default_binary}
-    chosen: dict[str, bool] = {}
-    for output in request.outputs:
-        if output.name not in OUTPUTS:
-            raise InvalidInferenceRequest(
-                f"unknown output {output.name!r}; available: {', '.join(OUTPUTS)}")
-        chosen[output.name] = output.parameters.get("binary_data", default_binary) is True
-    return chosen
+    return choose_outputs(
+        [(o.name, o.parameters.get("binary_data", default_binary) is True)
+         for o in request.outputs or ()], default_binary)
 
 
-def build_response(*, model: str, version: int, request_id: str, masks: Sequence[Mask],
-                   outputs: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
-    """The answer body and extra headers (the header length when binary outputs follow)."""
-    tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for name, binary in outputs.items():
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output, wire-free: `raw` is its flattened bytes in Triton's layout (what gRPC sends
+    as `raw_output_contents` and REST as binary data); `items` the PNGs of `mask_png`."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes
+    array: npt.NDArray[np.uint8] | None = None
+    items: list[bytes] | None = None
+
+    def json_data(self) -> list[Any]:
+        """The values as the JSON `data` list (BYTES as base64 strings)."""
+        if self.items is not None:
+            return [base64.b64encode(p).decode() for p in self.items]
+        assert self.array is not None
+        values: list[Any] = self.array.ravel().tolist()
+        return values
+
+
+def output_tensors(masks: Sequence[Mask], names: Sequence[str]) -> list[OutputTensor]:
+    """The requested outputs built from the masks (PNG encoding included: the costly part)."""
+    tensors: list[OutputTensor] = []
+    for name in names:
         if name == MASK:
             if len({m.shape for m in masks}) > 1:
                 raise InvalidInferenceRequest(
                     "the images differ in size, so their masks do not fit one UINT8 tensor: "
                     f"request the `{MASK_PNG}` output instead")
             stacked = np.stack(masks)
-            tensor: dict[str, Any] = {"name": MASK, "datatype": UINT8,
-                                      "shape": list(stacked.shape)}
-            payload = stacked.tobytes()
-            json_data: list[Any] = stacked.ravel().tolist() if not binary else []
+            tensors.append(OutputTensor(MASK, UINT8, list(stacked.shape), stacked.tobytes(),
+                                        array=stacked))
         else:
             pngs = [encode_png(m) for m in masks]
-            tensor = {"name": MASK_PNG, "datatype": BYTES, "shape": [len(pngs)]}
-            payload = _serialize_bytes(pngs)
-            json_data = [base64.b64encode(p).decode() for p in pngs] if not binary else []
-        if binary:
-            tensor["parameters"] = {"binary_data_size": len(payload)}
-            chunks.append(payload)
+            tensors.append(OutputTensor(MASK_PNG, BYTES, [len(pngs)], serialize_bytes(pngs),
+                                        items=pngs))
+    return tensors
+
+
+def build_response(*, model: str, version: int, request_id: str, masks: Sequence[Mask],
+                   outputs: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """The REST answer body and extra headers (the header length when binary outputs
+    follow)."""
+    return render_json(model=model, version=version, request_id=request_id,
+                       tensors=output_tensors(masks, list(outputs)), binary=outputs)
+
+
+def render_json(*, model: str, version: int, request_id: str, tensors: Sequence[OutputTensor],
+                binary: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """Output tensors as the REST body: JSON, with Triton's binary extension where asked."""
+    described: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor in tensors:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                 "shape": tensor.shape}
+        if binary.get(tensor.name, False):
+            entry["parameters"] = {"binary_data_size": len(tensor.raw)}
+            chunks.append(tensor.raw)
         else:
-            tensor["data"] = json_data
-        tensors.append(tensor)
+            entry["data"] = tensor.json_data()
+        described.append(entry)
     head = json.dumps({"model_name": model, "model_version": str(version), "id": request_id,
-                       "outputs": tensors}, separators=(",", ":")).encode()
+                       "outputs": described}, separators=(",", ":")).encode()
     if not chunks:
         return head, {}
     return head + b"".join(chunks), {HEADER_LENGTH: str(len(head))}

@@ -1,181 +1,109 @@
-"""Open Inference Protocol v2 (KServe/Triton REST), so standard clients work unchanged.
+"""Open Inference Protocol v2 over REST (KServe/Triton), so standard clients work unchanged.
 
-One model is served: `MASKFLEET_MODEL_NAME` at the version currently loaded. Other names, and
-versions other than the loaded one, are 404. Tensor rules live in `..oip`.
+A thin translation of HTTP to `..dataplane` and back: JSON bodies (with Triton's binary tensor
+extension) to `InferRequest`, answers to JSON, errors to problem+json through the app's one
+handler (`..errors`). The gRPC transport (`..grpc`) translates the same calls.
 """
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from shared.errors import ModelNotFound, UnsupportedMediaType, VersionNotFound
+from shared.errors import UnsupportedMediaType
 
-from ..admission import TIMEOUT_HEADER, Deadline, header_timeout, oip_timeout
+from ..admission import TIMEOUT_HEADER, header_timeout
 from ..body import read_body
-from ..deps import HolderDep, RequestIdDep, SegmenterDep, SettingsDep
-from ..model_holder import ModelHolder, ServedModel
-from ..oip import (
-    BYTES,
-    HEADER_LENGTH,
-    MASK,
-    MASK_PNG,
-    UINT8,
-    Budget,
-    InferInput,
-    build_response,
-    check_budget,
-    parse_request,
-)
-from ..pipeline import MaskBatch, Segmenter
-from ..settings import InferenceSettings
+from ..dataplane import InferRequest, InferResponse, ModelMetadata
+from ..deps import DataPlaneDep, RequestIdDep
+from ..oip import HEADER_LENGTH, parse_request, render_json
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
-EXTENSIONS = ["binary_tensor_data"]
-
-
-def _server_version() -> str:
-    try:
-        return metadata.version("maskfleet")
-    except metadata.PackageNotFoundError:
-        return "0"
-
 
 @router.get("", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "maskfleet", "version": _server_version(), "extensions": EXTENSIONS}
+async def server_metadata(dataplane: DataPlaneDep) -> dict[str, Any]:
+    meta = dataplane.server_metadata()
+    return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
 
 
 @router.get("/health/live", summary="Server liveness")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live(dataplane: DataPlaneDep) -> dict[str, bool]:
+    return {"live": dataplane.live()}
 
 
 @router.get("/health/ready", summary="Server readiness (503 until the model is warm)")
-async def ready(holder: HolderDep) -> dict[str, bool]:
-    holder.require()
+async def ready(dataplane: DataPlaneDep) -> dict[str, bool]:
+    dataplane.require_ready()
     return {"ready": True}
 
 
-def _served(holder: ModelHolder, settings: InferenceSettings, name: str,
-            version: str | None) -> ServedModel:
-    if name != settings.model_name:
-        raise ModelNotFound(f"unknown model {name!r}; this server serves "
-                            f"{settings.model_name!r}")
-    served = holder.require()
-    if version is not None and version != str(served.version):
-        raise VersionNotFound(f"{name} version {version} is not loaded here; "
-                              f"version {served.version} is")
-    return served
+def _metadata(meta: ModelMetadata) -> dict[str, Any]:
+    def tensors(group: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in group]
 
-
-def _model_metadata(served: ServedModel) -> dict[str, Any]:
-    return {
-        "name": served.name,
-        "versions": [str(served.version)],
-        "platform": "tensorflow_savedmodel",
-        "inputs": [
-            {"name": "images", "datatype": UINT8, "shape": [-1, -1, -1, 3]},
-            {"name": "image_bytes", "datatype": BYTES, "shape": [-1]},
-        ],
-        "outputs": [
-            {"name": MASK, "datatype": UINT8, "shape": [-1, -1, -1]},
-            {"name": MASK_PNG, "datatype": BYTES, "shape": [-1]},
-        ],
-        "parameters": {"stage": served.stage, "input_size": served.input_size,
-                       "note": "send exactly one input: UINT8 pixels or BYTES encoded images"},
-    }
+    return {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+            "inputs": tensors(meta.inputs), "outputs": tensors(meta.outputs),
+            "parameters": meta.parameters}
 
 
 @router.get("/models/{name}", summary="Model metadata")
-async def model_metadata(name: str, holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
-    return _model_metadata(_served(holder, settings, name, None))
+async def model_metadata(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    return _metadata(dataplane.model_metadata(name, None))
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata")
-async def version_metadata(name: str, version: str, holder: HolderDep,
-                           settings: SettingsDep) -> dict[str, Any]:
-    return _model_metadata(_served(holder, settings, name, version))
+async def version_metadata(name: str, version: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    return _metadata(dataplane.model_metadata(name, version))
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
-async def model_ready(name: str, holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
-    served = _served(holder, settings, name, None)
+async def model_ready(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    served = dataplane.served(name, None)
     return {"name": served.name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
-async def version_ready(name: str, version: str, holder: HolderDep,
-                        settings: SettingsDep) -> dict[str, Any]:
-    served = _served(holder, settings, name, version)
+async def version_ready(name: str, version: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    served = dataplane.served(name, version)
     return {"name": served.name, "ready": True}
 
 
 @router.post("/models/{name}/infer", summary="Inference", response_class=Response)
-async def infer(name: str, request: Request, holder: HolderDep, segmenter: SegmenterDep,
-                settings: SettingsDep, request_id: RequestIdDep) -> Response:
-    return await _infer(request, name, None, holder, segmenter, settings, request_id)
+async def infer(name: str, request: Request, dataplane: DataPlaneDep,
+                request_id: RequestIdDep) -> Response:
+    return await _infer(request, name, None, dataplane, request_id)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version",
              response_class=Response)
-async def infer_version(name: str, version: str, request: Request, holder: HolderDep,
-                        segmenter: SegmenterDep, settings: SettingsDep,
+async def infer_version(name: str, version: str, request: Request, dataplane: DataPlaneDep,
                         request_id: RequestIdDep) -> Response:
-    return await _infer(request, name, version, holder, segmenter, settings, request_id)
+    return await _infer(request, name, version, dataplane, request_id)
 
 
-async def _infer(request: Request, name: str, version: str | None, holder: ModelHolder,
-                 segmenter: Segmenter, settings: InferenceSettings,
+async def _infer(request: Request, name: str, version: str | None, dataplane: DataPlaneDep,
                  request_id: str) -> Response:
-    deadline = Deadline.within(settings.request_timeout_seconds).tightened(
-        header_timeout(request.headers.get(TIMEOUT_HEADER)))
-    _served(holder, settings, name, version)
+    deadline = dataplane.deadline(header_timeout(request.headers.get(TIMEOUT_HEADER)))
+    dataplane.served(name, version)  # 404/503 before reading a body that cannot be served
     if request.headers.get("content-encoding", "identity") != "identity":
         raise UnsupportedMediaType("compressed request bodies are not accepted")
-    body = await read_body(request, settings.max_body_bytes)
-    budget = _budget(settings)
-    parsed = await segmenter.codec(
-        parse_request, body, request.headers.get(HEADER_LENGTH), deadline=deadline,
-        max_images=settings.max_images_per_request, budget=budget)
+    body = await read_body(request, dataplane.max_request_bytes)
+    parsed = await dataplane.decode(parse_request, body, request.headers.get(HEADER_LENGTH),
+                                    deadline=deadline)
     del body
-    deadline = deadline.tightened(oip_timeout(parsed.parameters))
-    async with segmenter.within(deadline):
-        batch: MaskBatch
-        if parsed.pixels is not None:
-            n, height, width = parsed.pixels.shape[:3]
-            with segmenter.admit(n * height * width):
-                batch = await segmenter.segment_pixels(parsed.pixels, deadline)
-                content, headers = await _answer(segmenter, batch, parsed, request_id, deadline)
-        else:
-            assert parsed.encoded is not None
-            images = await segmenter.probe(parsed.encoded, deadline)
-            total = check_budget([i.size for i in images], parsed.outputs, budget)
-            with segmenter.admit(total):
-                batch = await segmenter.segment_encoded(parsed.encoded, images, deadline)
-                content, headers = await _answer(segmenter, batch, parsed, request_id, deadline)
-    if version is not None and version != str(batch.version):
-        raise VersionNotFound(f"version {version} was replaced by {batch.version} while the "
-                              f"request ran")
-    headers["X-Model-Version"] = str(batch.version)
+    content, headers = await dataplane.infer(
+        InferRequest(name, version, parsed, deadline, request_id,
+                     caller=getattr(request.state, "caller", None)),
+        _render)
     media = "application/octet-stream" if HEADER_LENGTH in headers else "application/json"
     return Response(content, media_type=media, headers=headers)
 
 
-async def _answer(segmenter: Segmenter, batch: MaskBatch, parsed: InferInput, request_id: str,
-                  deadline: Deadline) -> tuple[bytes, dict[str, str]]:
-    """The answer is built on the bounded codec pool: serialising masks costs as much as
-    decoding images."""
-    return await segmenter.codec(
-        build_response, deadline=deadline, model=batch.model, version=batch.version,
-        request_id=parsed.id or request_id, masks=batch.masks, outputs=parsed.outputs)
-
-
-def _budget(settings: InferenceSettings) -> Budget:
-    return Budget(image_pixels=settings.max_pixels,
-                  request_pixels=settings.max_request_pixels,
-                  mask_pixels=settings.max_mask_output_pixels,
-                  json_mask_pixels=settings.max_json_mask_pixels)
+def _render(answer: InferResponse) -> tuple[bytes, dict[str, str]]:
+    content, headers = render_json(model=answer.model, version=answer.version,
+                                   request_id=answer.id, tensors=answer.outputs,
+                                   binary=answer.binary)
+    headers["X-Model-Version"] = str(answer.version)
+    return content, headers
