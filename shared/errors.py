@@ -120,6 +120,14 @@ class StageNotServed(NotFound):
     title = "This API does not serve that stage"
 
 
+class JobNotFinished(MaskfleetError):
+    """A job's outputs are read through its manifest, which exists once the job succeeded."""
+
+    status = 409
+    code = "job_not_finished"
+    title = "The job has no manifest yet"
+
+
 class JobNotFound(NotFound):
     code = "job_not_found"
     title = "Unknown job"

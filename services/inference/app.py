@@ -31,7 +31,7 @@ from .metrics import ApiMetrics
 from .middleware import BodyLimit, RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
-from .routes import feedback, health, jobs, segment, v2
+from .routes import feedback, health, job_items, jobs, segment, v2
 from .settings import InferenceSettings
 from .ui import install_ui
 from .ui.docs import install_docs
@@ -119,6 +119,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(v2.router)
     app.include_router(jobs.router)
+    app.include_router(job_items.router)
     install_ui(app)
     install_docs(app)
     return app

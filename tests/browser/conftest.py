@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from shared.repository import ModelRepository
 from tests.integration.test_inference_support import start_api, url
-from tests.servers import REPO, Server, running, wait_until
+from tests.servers import REPO, Server, free_port, running, wait_until
 
 CHROMIUM = os.environ.get("MASKFLEET_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -39,6 +41,9 @@ REDIS_DB = 9
 class UiStack:
     api: Server
     feedback_dir: Path
+    redis_url: str
+    repo: Path
+    workdir: Path
 
     def url(self, path: str = "") -> str:
         return url(self.api, path)
@@ -73,11 +78,13 @@ def ui_stack(redis_server: Server, tiny_model_repo: Path,
     ModelRepository(str(repo)).set_stage("unet", "candidate", 2)
     workdir = tmp_path_factory.mktemp("ui-api")
     feedback_dir = workdir / "feedback"
-    api = start_api(repo, workdir, f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    api = start_api(repo, workdir, redis_url,
                     feedback_uri=str(feedback_dir), feedback_sample_rate=1.0,
                     stage_poll_seconds=0, compare_stage="candidate")
     with running(api):
-        stack = UiStack(api, feedback_dir)
+        stack = UiStack(api, feedback_dir, redis_url, repo, workdir)
         wait_until(lambda: _candidate_ready(stack), timeout=120, what="candidate stage loaded")
         yield stack
 
@@ -90,6 +97,24 @@ def _candidate_ready(stack: UiStack) -> bool:
                        content=(REPO / "services/inference/ui/static/samples/animal.jpg")
                        .read_bytes(), headers={"Content-Type": "image/jpeg"})
     return probe.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def worker(ui_stack: UiStack) -> Iterator[Server]:
+    """One batch worker (`celery ... worker --pool=solo`, as deployed) on the stack's Redis."""
+    port = free_port()
+    celery = str(Path(sys.executable).with_name("celery"))
+    server = Server(
+        [celery, "-A", "services.worker.app", "worker", "--pool=solo", "--concurrency=1",
+         "-Q", "maskfleet", "--without-mingle", "--without-gossip", "-n", f"ui-{port}@%h"],
+        port, log=ui_stack.workdir / "worker.log",
+        env={"MASKFLEET_CACHE_REDIS_URL": ui_stack.redis_url,
+             "MASKFLEET_STATE_REDIS_URL": ui_stack.redis_url,
+             "MASKFLEET_MODEL_REPOSITORY": str(ui_stack.repo),
+             "MASKFLEET_CACHE_DIR": str(ui_stack.workdir / "worker-cache"),
+             "MASKFLEET_WORKER_METRICS_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    with running(server.start(timeout=120)):
+        yield server
 
 
 @pytest.fixture

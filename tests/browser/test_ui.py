@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import UiStack
-from tests.servers import REPO
+from tests.servers import REPO, Server
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,6 @@ def test_segment_correct_send_and_compare(page: Page, ui_stack: UiStack,
     # upload an image: the mask appears over it, with what answered it
     page.set_input_files("#file", str(SAMPLE))
     expect(page.locator("#overlay")).to_have_attribute("data-request-id", re.compile(".+"))
-    request_id = page.locator("#overlay").get_attribute("data-request-id")
     expect(page.locator("#info-model")).to_have_text("unet version 1")
     expect(page.locator("#info-cache")).to_contain_text(re.compile("hit|miss"))
     expect(page.locator("#info-latency")).to_contain_text("ms")
@@ -131,8 +131,9 @@ def test_segment_correct_send_and_compare(page: Page, ui_stack: UiStack,
     assert 0 < iou < 1
     assert iou == pytest.approx(mean_iou(expected, painted), abs=1e-6)
     expect(result).to_contain_text(f"{iou:.4f}")
-    stored = ui_stack.feedback_dir / "annotations" / "trimaps" / f"{request_id}.png"
-    with Image.open(stored) as trimap:
+    stored = list((ui_stack.feedback_dir / "annotations" / "trimaps").glob("*.png"))
+    assert len(stored) == 1, stored
+    with Image.open(stored[0]) as trimap:
         assert trimap.size == (width, height)
         np.testing.assert_array_equal(np.asarray(trimap), painted)
     shot(page, artifacts, "04-sent")
@@ -176,7 +177,42 @@ def test_phone_sized_and_keyboard_only(page: Page, ui_stack: UiStack, artifacts:
     page.keyboard.press("Control+z")
     page.keyboard.press("Control+z")
     np.testing.assert_array_equal(canvas_classes(page, "overlay"), before)
-    shot(page, artifacts, "06-phone")
+    shot(page, artifacts, "07-phone")
+
+
+def test_batch_job_submitted_watched_and_opened(page: Page, ui_stack: UiStack, worker: Server,
+                                               artifacts: Path, tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "images", tmp_path / "masks"
+    inputs.mkdir()
+    samples = sorted((REPO / "services/inference/ui/static/samples").glob("*.jpg"))
+    for sample in samples:
+        shutil.copy(sample, inputs / sample.name)
+    open_ui(page, ui_stack)
+    page.locator("#job-input").fill(str(inputs))
+    page.locator("#job-output").fill(str(outputs))
+    page.locator("#job-form button[type=submit]").click()
+    expect(page.locator("#job-status")).to_have_attribute("data-state", "succeeded",
+                                                          timeout=120_000)
+    expect(page.locator("#job-status")).to_contain_text(f"{len(samples)} of {len(samples)} images")
+    expect(page.locator("#job-progress")).to_have_attribute("value", str(len(samples)))
+    buttons = page.locator("#job-items button")
+    expect(buttons).to_have_count(len(samples))
+
+    buttons.nth(1).click()
+    expect(page.locator("#job-view")).to_have_attribute("data-index", "1")
+    mask = np.asarray(Image.open(outputs / f"{samples[1].stem}.png"))
+    size = page.evaluate("(() => { const c = document.getElementById('job-canvas');"
+                         " return [c.width, c.height]; })()")
+    assert size == [mask.shape[1], mask.shape[0]]
+    shares = ", ".join(f"{name} {100 * np.mean(mask == value):.1f}%"
+                       for value, name in ((1, "pet"), (2, "background"), (3, "border")))
+    expect(page.locator("#job-caption")).to_contain_text(shares)
+    drawn = page.evaluate(READ_CANVAS, "job-canvas")
+    rgba = np.array(drawn["rgba"], np.uint8).reshape(mask.shape[0], mask.shape[1], 4)
+    photo = np.asarray(Image.open(samples[1]).convert("RGB"))
+    assert np.abs(rgba[..., :3].astype(int) - photo).mean() > 10, "the mask is drawn over it"
+    page.locator("#jobs").scroll_into_view_if_needed()
+    shot(page, artifacts, "06-job")
 
 
 def test_docs_work_offline(page: Page, ui_stack: UiStack, artifacts: Path) -> None:
@@ -195,4 +231,4 @@ def test_docs_work_offline(page: Page, ui_stack: UiStack, artifacts: Path) -> No
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("maskfleet inference")
     expect(page.locator(".opblock-summary-path[data-path='/v1/segment']")).to_be_visible()
     assert outside == []
-    shot(page, artifacts, "07-docs")
+    shot(page, artifacts, "08-docs")

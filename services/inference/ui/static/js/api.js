@@ -85,8 +85,9 @@ export async function segment(image, { stage = null, variant = null, keep = fals
   const latencyMs = performance.now() - started;
   return {
     requestId: body.request_id || response.headers.get("X-Request-Id"),
-    // The server's proof that this caller received this answer; sent back with feedback.
-    feedbackToken: response.headers.get("X-Feedback-Token"),
+    // Drawn by the server for this answer and this caller; names it in /v1/feedback. Absent
+    // when the answer was not kept (not sampled, too large), so it cannot be corrected.
+    feedbackToken: body.feedback_token || response.headers.get("X-Feedback-Token"),
     model: body.model,
     version: body.version,
     cached: body.cached,
@@ -101,9 +102,10 @@ export async function segment(image, { stage = null, variant = null, keep = fals
 
 /** Send a corrected trimap PNG for an answer; resolves to the receipt ({iou, version, ...}). */
 export async function sendFeedback(answer, png) {
-  const query = new URLSearchParams({ request_id: answer.requestId });
+  // APIs that issue feedback tokens name the answer by its token; older ones by request id.
+  const query = new URLSearchParams(answer.feedbackToken
+    ? { feedback_token: answer.feedbackToken } : { request_id: answer.requestId });
   const headers = { "Content-Type": "image/png" };
-  if (answer.feedbackToken) headers["X-Feedback-Token"] = answer.feedbackToken;
   const response = await call(`v1/feedback?${query}`, { method: "POST", body: png, headers });
   return response.json();
 }

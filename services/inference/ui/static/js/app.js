@@ -329,12 +329,8 @@ async function start() {
   } catch (error) {
     $("model-info").textContent = `API unreachable: ${error.message}`;
   }
-  new JobsView(withKey, editorFreeView());
+  new JobsView(withKey, { drawComposite });
   document.body.dataset.ready = "true";
-}
-
-function editorFreeView() {
-  return { drawComposite };
 }
 
 start();

@@ -1,0 +1,55 @@
+"""`/v1/jobs/{id}/items`: a succeeded job's items, and each item's input image and mask.
+
+What the web page's batch view opens: the list (paged) and, per item, the two files to draw the
+mask over its input. The logic is `services.jobs.items`; handlers are plain `def` because
+reading the manifest and the files blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from services.jobs.items import JobItems, Which, item_file, items
+
+from ..deps import SettingsDep
+from .jobs import JobsDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+MAX_PAGE = 500
+
+
+@router.get(
+    "/{job_id}/items",
+    summary="A succeeded job's items (input, mask, size, class fractions, error), paged",
+    responses={404: {"description": "Unknown job", **_PROBLEM},
+               409: {"description": "The job has not succeeded (no manifest yet)", **_PROBLEM}},
+)
+def list_items(
+    job_id: str, jobs: JobsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> JobItems:
+    return items(jobs.status(job_id), offset, limit)
+
+
+@router.get(
+    "/{job_id}/items/{index}/{which}",
+    summary="Item `index`'s input image or output mask (PNG), as stored",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}},
+               404: {"description": "Unknown job or item, or no mask", **_PROBLEM},
+               409: {"description": "The job has not succeeded", **_PROBLEM},
+               413: {"description": "The file is larger than the body limit", **_PROBLEM},
+               422: {"description": "The manifest points outside the job", **_PROBLEM}},
+)
+def item(
+    job_id: str, jobs: JobsDep, settings: SettingsDep,
+    index: Annotated[int, Path(ge=0)], which: Which,
+) -> Response:
+    data, content_type = item_file(jobs.status(job_id), index, which, settings.max_body_bytes)
+    return Response(data, media_type=content_type,
+                    headers={"Cache-Control": "private, max-age=300"})
