@@ -27,6 +27,8 @@ export MASKFLEET_STATE_REDIS_URL=${MASKFLEET_STATE_REDIS_URL:-redis://127.0.0.1:
 export MASKFLEET_CACHE_DIR=${MASKFLEET_CACHE_DIR:-./var/cache}
 export MASKFLEET_HOST=${MASKFLEET_HOST:-127.0.0.1}
 export MASKFLEET_PORT=$API_PORT
+# Prometheus /metrics on its own port, as in production (never on the API port)
+export MASKFLEET_METRICS_PORT=${MASKFLEET_METRICS_PORT:-9090}
 
 pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 

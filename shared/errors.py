@@ -19,6 +19,11 @@ class MaskfleetError(Exception):
         self.detail = clip(detail or self.title)
         super().__init__(self.detail)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the status needs (WWW-Authenticate on 401, Retry-After on 429)."""
+        return {}
+
 
 MAX_DETAIL_CHARS = 1024
 """Details echo input (paths, messages of libraries): bounded so that a hostile value can
@@ -95,6 +100,50 @@ class PayloadTooLarge(InvalidInput):
 class TooManyPixels(PayloadTooLarge):
     code = "too_many_pixels"
     title = "The image has too many pixels"
+
+
+class Unauthenticated(MaskfleetError):
+    """No credentials, or credentials no key matches (RFC 6750: answer with a challenge)."""
+
+    status = 401
+    code = "unauthenticated"
+    title = "An API key is required"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="maskfleet"'}
+
+
+class Forbidden(MaskfleetError):
+    """A known caller asking for something their key's scopes do not cover."""
+
+    status = 403
+    code = "forbidden"
+    title = "The API key lacks the scope this call needs"
+
+
+class RateLimited(MaskfleetError):
+    """Too many feedback or job submissions from one key; try again after `retry_after`."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class StorageNotAllowed(MaskfleetError):
+    """A job URI outside what the storage confinement rules allow (the rule is in `code`)."""
+
+    status = 403
+    code = "storage_not_allowed"
+    title = "The job may not touch that storage location"
 
 
 class NotFound(MaskfleetError):

@@ -8,6 +8,7 @@ first runs anything still queued.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from services.jobs.service import JobService
 from shared.repository import ModelRepository
 
 from .admission import PixelBudget
+from .auth import Authenticator
 from .batcher import Batcher
 from .cache import ResultCache
 from .codec import CodecPool
@@ -27,14 +29,17 @@ from .dataplane import DataPlane
 from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
-from .metrics import ApiMetrics
+from .metrics import ApiMetrics, MetricsServer
 from .middleware import BodyLimit, RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
 from .pipeline import Segmenter
+from .ratelimit import RateLimiter
 from .routes import feedback, health, job_items, jobs, segment, v2
 from .settings import InferenceSettings
 from .ui import install_ui
 from .ui.docs import install_docs
+
+log = logging.getLogger(__name__)
 
 
 def software_version() -> str:
@@ -53,6 +58,7 @@ def create_app(
     redis_client: redis.Redis | None = None,  # type: ignore[type-arg]
 ) -> FastAPI:
     """Build one API instance; `repository`, `loader` and `redis_client` exist for tests."""
+    auth = Authenticator.from_settings(settings)
     metrics = ApiMetrics()
     repository = repository or ModelRepository(settings.model_repository)
     holder = ModelHolder(settings, repository, metrics, loader)
@@ -69,10 +75,14 @@ def create_app(
     served_log = RedisServedLog.from_settings(settings, redis_client)
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
+    limiter = RateLimiter.from_settings(settings, served_log.client)
+    metrics_server = MetricsServer(metrics.registry, settings.host, settings.metrics_listen_port)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.clear()
+        _log_access_rules(settings, auth)
+        metrics_server.start()
         segmenter.start()
         await batcher.start()
         await holder.start()
@@ -88,7 +98,9 @@ def create_app(
                 await parts.stop()
             await served_log.close()
             await cache.close()
+            metrics_server.stop()
 
+    docs = settings.docs_served
     app = FastAPI(
         title="maskfleet inference",
         version=software_version(),
@@ -96,7 +108,10 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.state.auth = auth
+    app.state.rate_limiter = limiter
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.holder = holder
@@ -112,16 +127,19 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        limits={jobs.router.prefix: settings.max_json_body_bytes})
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)
+    if settings.metrics_listen_port == 0:
+        app.include_router(health.metrics_router)
     app.include_router(segment.router)
     app.include_router(feedback.router)
     app.include_router(v2.router)
     app.include_router(jobs.router)
     app.include_router(job_items.router)
     install_ui(app)
-    install_docs(app)
+    if docs:
+        install_docs(app)
     return app
 
 
@@ -166,3 +184,16 @@ def _compare_segmenters(settings: InferenceSettings, repository: ModelRepository
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
                           max_pixels=settings.max_pixels)
     return {stage: _StageParts(holder, batcher, segmenter)}
+
+
+def _log_access_rules(settings: InferenceSettings, auth: Authenticator) -> None:
+    """Say at start-up who may call what, loudly when callers need no key."""
+    rules = {**auth.describe(), "environment": settings.environment,
+             "metrics_port": settings.metrics_listen_port or settings.port,
+             "docs": settings.docs_served}
+    if settings.open_scopes:
+        log.warning("API open to callers without a key for: "
+                    + ", ".join(sorted(settings.open_scopes))
+                    + " (local mode; set MASKFLEET_API_KEYS_FILE to require keys)", extra=rules)
+    else:
+        log.info("API keys required on every route but /, /healthz and /readyz", extra=rules)

@@ -54,6 +54,7 @@ def problem_response(request: Request, error: MaskfleetError) -> Response:
     # set here too, not only by the RequestContext middleware: Starlette sends the answer to
     # an unhandled exception from outside every user middleware
     headers = {"X-Request-Id": request_id} if request_id else {}
+    headers.update(error.headers)
     if isinstance(error, Overloaded):
         settings = getattr(request.app.state, "settings", None)
         headers["Retry-After"] = str(getattr(settings, "retry_after_seconds",

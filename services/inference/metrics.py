@@ -6,7 +6,9 @@ process, and keeps /metrics free of anything we did not define on purpose.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 HTTP_LABELS = ("route", "method", "status", "version")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -81,3 +83,24 @@ class ApiMetrics:
             "encoded (bounded by max_inflight_pixels)", registry=r)
         self.jobs_submitted = Counter(
             "maskfleet_jobs_submitted", "Batch jobs submitted", registry=r)
+
+
+class MetricsServer:
+    """/metrics on its own port (prometheus_client's threaded server), off the API's port so
+    the Ingress never exposes it and scrapes never queue behind inference requests."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._registry = registry
+        self._host = host
+        self._port = port
+        self._server: WSGIServer | None = None
+
+    def start(self) -> None:
+        if self._port and self._server is None:
+            self._server, _ = start_http_server(self._port, self._host, self._registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

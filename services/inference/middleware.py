@@ -10,12 +10,15 @@ Pure ASGI (no BaseHTTPMiddleware) because it runs on every request of a latency-
 The `route` label is the matched path template, so /v2/models/{name}/infer stays one series;
 `version` is the X-Model-Version the endpoint answered with ("none" for non-model routes).
 Scrapes of /metrics are not counted, so watching the API does not change what it reports.
+With `access_log` each request also leaves one JSON line naming its caller: the key id the
+auth dependency put on `request.state.caller` (never the key), or `-` for public routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -34,18 +37,22 @@ SCRAPE_PATH = "/metrics"
 CLIENT_CLOSED = 499
 """nginx's status for a request whose client closed the connection before the answer."""
 
+access = logging.getLogger("maskfleet.access")
+
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = _incoming_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         status, version = 500, "none"
         task = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
@@ -98,8 +105,14 @@ class RequestContext:
             m.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", UNMATCHED)
             labels = (route, scope["method"], str(status), version)
+            elapsed = time.perf_counter() - started
             m.http_requests.labels(*labels).inc()
-            m.http_duration.labels(*labels).observe(time.perf_counter() - started)
+            m.http_duration.labels(*labels).observe(elapsed)
+            if self.access_log and access.isEnabledFor(logging.INFO):
+                access.info("request", extra={
+                    "request_id": request_id, "method": scope["method"], "route": route,
+                    "status": status, "duration_ms": round(elapsed * 1000, 2),
+                    "caller": state.get("caller", "-")})
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -17,6 +17,10 @@ class SegmentAnswer(BaseModel):
     mask_png: str = Field(description="The trimap mask (values 1/2/3) as base64-encoded PNG")
     cached: bool
     request_id: str
+    feedback_token: str | None = Field(
+        default=None, description="Send it with a corrected mask to /v1/feedback (also the "
+                                  "X-Feedback-Token header); null when the answer was not kept "
+                                  "for feedback")
 
 
 class ServedVersion(BaseModel):

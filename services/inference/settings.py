@@ -6,11 +6,13 @@ field reads `MASKFLEET_<FIELD>` from the environment.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.jobs.settings import JobSettings
+from shared.auth import SCOPES, Scope
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.redis import RedisEndpoint
 from shared.settings import Stage
@@ -20,6 +22,7 @@ Role = Literal["stable", "canary"]
 PRODUCTION_MAX_BODY_BYTES = 64 * 1024 * 1024
 PRODUCTION_MAX_REDIS_TIMEOUT_MS = 1000.0
 PRODUCTION_MIN_POLL_SECONDS = 1.0
+DEFAULT_METRICS_PORT = 9090
 
 
 class InferenceSettings(JobSettings):
@@ -30,7 +33,53 @@ class InferenceSettings(JobSettings):
     """Interface uvicorn binds; 0.0.0.0 so the pod IP answers probes and traffic."""
 
     port: int = Field(default=8080, ge=1, le=65535)
-    """HTTP port for /v1, /v2, probes and /metrics."""
+    """HTTP port for /v1, /v2 and the probes: the one the Ingress/HTTPRoute reach."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the separate Prometheus endpoint (/metrics), never routed by the Ingress, as
+    Triton and KServe keep metrics off the inference port. 0 serves /metrics on `port` instead
+    (development only: production refuses it). Unset: 9090 in production, 0 in development,
+    so tests and laptops running several APIs do not fight over one port."""
+
+    api_keys_file: str | None = None
+    """JSON file of hashed API keys (`maskfleet-keys create`; the chart mounts it from a
+    Secret). Required in production unless `trusted_identity_header` is set."""
+
+    anonymous_scopes: Annotated[frozenset[Scope] | None, NoDecode] = None
+    """Scopes granted to callers without a key, comma-separated. Unset: none in production or
+    when a keys file is set, else `infer,feedback,jobs` (`make run` on a laptop). Production
+    refuses any."""
+
+    trusted_identity_header: str | None = None
+    """Header naming the caller, set by an authenticating gateway in front of the API (e.g.
+    `X-Authenticated-User`); off by default. Only enable it when the API is reachable through
+    that gateway alone: anyone who can reach the pods could otherwise claim any identity."""
+
+    trusted_scopes_header: str = "X-Maskfleet-Scopes"
+    """With `trusted_identity_header`: the header in which the gateway lists the caller's
+    scopes (comma-separated); an identity without it gets `infer` only."""
+
+    docs_enabled: bool | None = None
+    """Serve /docs and /openapi.json. Unset: on in development, off in production (the schema
+    lists every route an attacker could try)."""
+
+    access_log: bool = True
+    """One JSON line per request with its id, route, status, duration and caller key id (never
+    the key)."""
+
+    feedback_rate_per_minute: float = Field(default=120.0, gt=0.0)
+    """Sustained corrections per minute one key may send (a Redis token bucket shared by every
+    API pod); beyond it 429 with Retry-After."""
+
+    feedback_burst: int = Field(default=60, ge=1)
+    """Corrections one key may send at once before the per-minute rate applies."""
+
+    jobs_rate_per_minute: float = Field(default=30.0, gt=0.0)
+    """Sustained job submissions per minute one key may make (each job may name up to
+    job_max_images images, so this bounds queued work per key, not only requests)."""
+
+    jobs_burst: int = Field(default=30, ge=1)
+    """Job submissions one key may make at once before the per-minute rate applies."""
 
     batch_max_size: int = Field(default=16, ge=1, le=256)
     """Most images per model call; 8-32 is where this CPU reaches its ceiling."""
@@ -209,11 +258,47 @@ class InferenceSettings(JobSettings):
                              "requests could never be admitted")
         return self
 
+    @field_validator("anonymous_scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def open_scopes(self) -> frozenset[Scope]:
+        """What a caller without a key may do (the resolved `anonymous_scopes`)."""
+        if self.anonymous_scopes is not None:
+            return self.anonymous_scopes
+        if self.environment == "production" or self.api_keys_file:
+            return frozenset()
+        return frozenset(s for s in SCOPES if s != "admin")
+
+    @property
+    def metrics_listen_port(self) -> int:
+        """The resolved `metrics_port` (0 = on the API port)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return DEFAULT_METRICS_PORT if self.environment == "production" else 0
+
+    @property
+    def docs_served(self) -> bool:
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment != "production"
+
     @model_validator(mode="after")
     def _refuse_unsafe_serving_values(self) -> Self:
         if self.environment != "production":
             return self
         problems = []
+        if not self.api_keys_file and not self.trusted_identity_header:
+            problems.append("set api_keys_file (or trusted_identity_header behind an "
+                            "authenticating gateway): production refuses anonymous callers")
+        if self.anonymous_scopes:
+            problems.append("anonymous_scopes must be empty: production requires a key")
+        if self.metrics_listen_port in (0, self.port):
+            problems.append("metrics_port must be its own port, not the API's")
         if self.max_pixels > DEFAULT_MAX_PIXELS:
             problems.append(f"max_pixels above {DEFAULT_MAX_PIXELS} weakens the bomb guard")
         if self.max_body_bytes > PRODUCTION_MAX_BODY_BYTES:

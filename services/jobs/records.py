@@ -81,6 +81,10 @@ class JobPlan(BaseModel):
     chunk_size: int
     chunks: int
     images: int
+    submitted_by: str = "anonymous"
+    """Id of the API key (or gateway identity) that submitted the job; never the key."""
+    overwrite: bool = False
+    """The request allowed replacing existing masks (and the output prefix allows it)."""
     created_at: datetime = Field(default_factory=now)
 
     def chunk_bounds(self, index: int) -> tuple[int, int]:
@@ -125,5 +129,7 @@ class JobStatus(BaseModel):
     """URI of `manifest.jsonl`, once the job has succeeded."""
     error: str | None = None
     """Why the job failed, when it did."""
+    submitted_by: str = "anonymous"
+    """Id of the API key that submitted the job (only it, or an `admin` key, may see it)."""
     created_at: datetime
     updated_at: datetime

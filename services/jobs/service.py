@@ -90,7 +90,7 @@ class JobService:
             on_submitted=on_submitted,
         )
 
-    def submit(self, request: JobRequest) -> JobStatus:
+    def submit(self, request: JobRequest, submitted_by: str = "anonymous") -> JobStatus:
         chunk_size = request.chunk_size or self.settings.job_chunk_size
         if chunk_size > self.settings.job_max_chunk_size:
             raise InvalidJob(f"chunk_size {chunk_size} is above the maximum "
@@ -103,6 +103,7 @@ class JobService:
             id=uuid.uuid4().hex, input=inputs.summary, output=output, base=inputs.base,
             model=model, chunk_size=chunk_size,
             chunks=chunk_count(len(inputs.uris), chunk_size), images=len(inputs.uris),
+            submitted_by=submitted_by,
         )
         with redis_guard():
             self.store.create(plan, inputs.uris)
@@ -122,21 +123,25 @@ class JobService:
         if self.on_submitted:
             self.on_submitted()
         log.info("job submitted", extra={"job_id": plan.id, "images": plan.images,
+                                         "submitted_by": submitted_by,
                                          "chunks": plan.chunks, "version": model.version})
         return self.status(plan.id)
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, viewer: str | None = None) -> JobStatus:
+        """The job's status; with `viewer`, only if they submitted it (404 otherwise, so ids
+        of other callers' jobs are not confirmed)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"no job {job_id}")
         with redis_guard():
-            return self.store.status(job_id)
+            status = self.store.status(job_id)
+        if viewer is not None and status.submitted_by != viewer:
+            raise JobNotFound(f"no job {job_id}")
+        return status
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, viewer: str | None = None) -> JobStatus:
         """Cancel an unfinished job (idempotent: a finished job is returned unchanged)."""
-        if not valid_job_id(job_id):
-            raise JobNotFound(f"no job {job_id}")
+        self.status(job_id, viewer)
         with redis_guard():
-            self.store.status(job_id)
             if self.store.cancel(job_id):
                 log.info("job cancelled", extra={"job_id": job_id})
             return self.store.status(job_id)

@@ -157,7 +157,7 @@ class JobStore:
                           failed=int(fields["failed"])),
             errors=[ItemError.model_validate_json(e) for e in errors],
             manifest=fields.get("manifest") or None, error=fields.get("error") or None,
-            created_at=datetime.fromisoformat(fields["created_at"]),
+            submitted_by=plan.submitted_by, created_at=datetime.fromisoformat(fields["created_at"]),
             updated_at=datetime.fromisoformat(fields["updated_at"]),
         )
 

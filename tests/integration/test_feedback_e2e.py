@@ -6,6 +6,7 @@ answers are bounded in number and expire."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,13 +109,17 @@ def correct(mask: np.ndarray) -> np.ndarray:
     return fixed
 
 
-def send(http: httpx.Client, stack: Stack, request_id: str, mask: np.ndarray) -> httpx.Response:
-    return http.post(url(stack.api, "/v1/feedback"), params={"request_id": request_id},
+def send(http: httpx.Client, stack: Stack, token: str, mask: np.ndarray) -> httpx.Response:
+    return http.post(url(stack.api, "/v1/feedback"), params={"feedback_token": token},
                      content=png(mask), headers={"Content-Type": "image/png"})
 
 
-def kept(stack: Stack, request_id: str) -> bool:
-    return bool(stack.redis.exists(f"maskfleet:feedback:served:{request_id}"))
+def kept(stack: Stack, token: str) -> bool:
+    return bool(stack.redis.exists(f"maskfleet:feedback:served:{token}"))
+
+
+def dataset_name(image: bytes, version: str) -> str:
+    return f"{hashlib.sha256(image).hexdigest()[:32]}-v{version}"
 
 
 def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
@@ -127,6 +132,7 @@ def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
     answer = segment(http, stack.api, image)
     assert answer.status_code == 200, answer.text
     request_id, version = answer.headers["x-request-id"], answer.headers["x-model-version"]
+    token = answer.headers["x-feedback-token"]
     served = mask_of(answer)
     fixed = correct(served)
     expected = mean_iou(served, fixed)
@@ -134,14 +140,15 @@ def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
     count = metric(stack.api, "maskfleet_feedback_iou_count", version=version)
     total = metric(stack.api, "maskfleet_feedback_iou_sum", version=version)
 
-    stored = send(http, stack, request_id, fixed)  # right away: no waiting for Redis
+    stored = send(http, stack, token, fixed)  # right away: no waiting for Redis
 
     assert stored.status_code == 200, stored.text
-    assert stored.json() == {"request_id": request_id, "model": "unet", "version": int(version),
-                             "iou": pytest.approx(expected, abs=1e-6)}
+    assert stored.json() == {"feedback_token": token, "request_id": request_id, "model": "unet",
+                             "version": int(version), "iou": pytest.approx(expected, abs=1e-6)}
     feedback = join(stack.dataset, "feedback")
-    image_uri = join(feedback, "images", f"{request_id}.jpg")
-    trimap_uri = join(feedback, "annotations", "trimaps", f"{request_id}.png")
+    name = dataset_name(image, version)
+    image_uri = join(feedback, "images", f"{name}.jpg")
+    trimap_uri = join(feedback, "annotations", "trimaps", f"{name}.png")
     assert storage_for(feedback).list(folder(feedback)) == sorted([image_uri, trimap_uri])
     assert storage_for(image_uri).read(image_uri) == image
     trimap = np.asarray(Image.open(io.BytesIO(storage_for(trimap_uri).read(trimap_uri))))
@@ -156,7 +163,7 @@ def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
     config = DataConfig(uri=stack.dataset, feedback_fraction=1.0, batch_size=1, cache="none",
                         shuffle_buffer=1, flip=False)
     dataset = load_dataset(config, tmp_path)
-    assert [pair.name for pair in dataset.feedback] == [request_id]
+    assert [pair.name for pair in dataset.feedback] == [name]
     assert dataset.feedback[0].image.read_bytes() == image
     # ... and, with all of the mix drawn from feedback, trains on exactly that correction
     pixels, ids = next(iter(training_batches(dataset, config, 32, seed=0)))
@@ -164,40 +171,50 @@ def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
     assert np.allclose(pixels.numpy()[0], preprocess(image, 32)[0])
 
 
-def test_a_second_correction_wrong_masks_and_unknown_ids_are_refused(stack: Stack,
-                                                                     http: httpx.Client) -> None:
-    answer = segment(http, stack.api, photo(12, (40, 30)))
-    request_id = answer.headers["x-request-id"]
+def test_a_second_correction_wrong_masks_and_unknown_tokens_are_refused(
+        stack: Stack, http: httpx.Client) -> None:
+    image = photo(12, (40, 30))
+    answer = segment(http, stack.api, image)
+    token = answer.headers["x-feedback-token"]
     served = mask_of(answer)
 
-    wrong_size = send(http, stack, request_id, np.ones((30, 41), np.uint8))
+    wrong_size = send(http, stack, token, np.ones((30, 41), np.uint8))
     assert (wrong_size.status_code, wrong_size.json()["code"]) == (422, "invalid_mask")
-    wrong_values = send(http, stack, request_id, np.zeros((30, 40), np.uint8))
+    wrong_values = send(http, stack, token, np.zeros((30, 40), np.uint8))
     assert (wrong_values.status_code, wrong_values.json()["code"]) == (422, "invalid_mask")
-    assert send(http, stack, request_id, served).status_code == 200
-    again = send(http, stack, request_id, served)
+    assert send(http, stack, token, served).status_code == 200
+    again = send(http, stack, token, served)
     assert (again.status_code, again.json()["code"]) == (409, "feedback_already_received")
-    unknown = send(http, stack, "no-such-request", served)
+    # the same image served again gets a new token, but it is the same answer: still 409
+    repeat = segment(http, stack.api, image)
+    replay = send(http, stack, repeat.headers["x-feedback-token"], served)
+    assert (replay.status_code, replay.json()["code"]) == (409, "feedback_already_received")
+    # an id the client chose (its own X-Request-Id) names nothing
+    chosen = segment(http, stack.api, photo(13, (40, 30)))
+    forged = send(http, stack, chosen.headers["x-request-id"], served)
+    assert forged.status_code in (404, 422)
+    unknown = send(http, stack, "no-such-token-0123456789", served)
     assert (unknown.status_code, unknown.headers["content-type"]) == (
         404, "application/problem+json")
-    assert unknown.json()["code"] == "request_not_found"
+    assert unknown.json()["code"] == "feedback_token_unknown"
+    assert "maskfleet:feedback" not in unknown.text  # no Redis key names in error bodies
 
 
 def test_kept_answers_are_bounded_and_expire(stack: Stack, http: httpx.Client) -> None:
     ids = []
     for seed in range(20, 20 + MAX_ENTRIES + 2):
         answer = segment(http, stack.api, photo(seed, (40, 30)))
-        ids.append(answer.headers["x-request-id"])
+        ids.append(answer.headers["x-feedback-token"])
         wait_until(lambda: kept(stack, ids[-1]), 30, "the answer to be kept in Redis")
     # the oldest two made room for the newest: their feedback is a 404
-    assert [kept(stack, request_id) for request_id in ids] == [False] * 2 + [True] * MAX_ENTRIES
+    assert [kept(stack, token) for token in ids] == [False] * 2 + [True] * MAX_ENTRIES
     assert stack.redis.zcard("maskfleet:feedback:index") == MAX_ENTRIES
     dropped = send(http, stack, ids[0], np.ones((30, 40), np.uint8))
-    assert (dropped.status_code, dropped.json()["code"]) == (404, "request_not_found")
+    assert (dropped.status_code, dropped.json()["code"]) == (404, "feedback_token_unknown")
     # every kept answer expires on its own
     key = f"maskfleet:feedback:served:{ids[-1]}"
     assert 0 < stack.redis.ttl(key) <= TTL_SECONDS
     stack.redis.pexpire(key, 1)
     wait_until(lambda: not stack.redis.exists(key), 10, "the entry to expire")
     expired = send(http, stack, ids[-1], np.ones((30, 40), np.uint8))
-    assert (expired.status_code, expired.json()["code"]) == (404, "request_not_found")
+    assert (expired.status_code, expired.json()["code"]) == (404, "feedback_token_unknown")

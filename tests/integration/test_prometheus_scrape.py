@@ -180,10 +180,11 @@ def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path
         "MASKFLEET_LOG_LEVEL": "WARNING",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    api_port, worker_port = free_port(), free_port()
+    api_port, api_metrics_port, worker_port = free_port(), free_port(), free_port()
     api = Server(
         [sys.executable, "-m", "services.inference"], api_port, log=logs_dir / "scrape-api.log",
         env={**shared_env, "MASKFLEET_PORT": str(api_port), "MASKFLEET_HOST": "127.0.0.1",
+             "MASKFLEET_METRICS_PORT": str(api_metrics_port),  # as in the chart: its own port
              "MASKFLEET_ROLE": "stable", "MASKFLEET_BATCH_MAX_WAIT_MS": "20",
              "MASKFLEET_CACHE_DIR": str(tmp_path / "api-cache")})
     worker = Server(
@@ -200,7 +201,7 @@ def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path
             ready=lambda: http_ok(f"http://127.0.0.1:{worker_port}/metrics"),
             timeout=START_TIMEOUT)))
         server = stack.enter_context(running(start_prometheus(
-            tmp_path, {"maskfleet-inference": api_port, "maskfleet-worker": worker_port},
+            tmp_path, {"maskfleet-inference": api_metrics_port, "maskfleet-worker": worker_port},
             logs_dir / "scrape-prometheus.log")))
         prometheus = Prometheus(f"http://127.0.0.1:{server.port}")
         wait_until(lambda: prometheus.targets_up() == 2, 60, "Prometheus to scrape API and worker")

@@ -378,14 +378,14 @@ def test_one_output_is_written_by_one_unfinished_job_at_a_time(
 
 @pytest.fixture
 def api(redis_url: str, model_repo: ModelRepository, tmp_path: Path) -> Iterator[TestClient]:
-    """The real app factory (its lifespan, which loads the model, is not needed for jobs);
-    its job service queues real Celery messages in Redis."""
+    """The real app factory, its job service queueing real Celery messages in Redis. Run as
+    a context manager: one event loop for the whole test, as under uvicorn (the rate limiter's
+    asyncio Redis connections belong to one loop)."""
     settings = InferenceSettings(model_repository=model_repo.root, state_redis_url=redis_url,
                                  cache_redis_url=redis_url,
                                  cache_dir=str(tmp_path / "cache"))
-    client = TestClient(create_app(settings), raise_server_exceptions=False)
-    yield client
-    client.close()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
 
 
 def test_the_http_api_submits_reads_and_cancels(

@@ -90,8 +90,15 @@ def test_palette_and_greyscale_trimaps_are_both_accepted():
     assert (read_correction(png(values), (2, 2)) == values).all()
 
 
-def test_pairs_are_named_by_request_id_and_keep_the_image_format():
-    assert dataset_name("3f2a9c") == "3f2a9c"
-    assert dataset_name(".hidden") == "_.hidden"  # local listings skip dot files
+def test_pairs_are_named_by_answer_not_by_a_client_chosen_id_and_keep_the_image_format():
+    from services.inference.feedback import ServedMask
+
+    def answer(request_id: str, version: int) -> ServedMask:
+        return ServedMask("tok", "web", request_id, "unet", version, b"img", "ab" * 32, b"m",
+                          False)
+
+    assert dataset_name(answer("../../etc", 3)) == "ab" * 16 + "-v3"
+    assert dataset_name(answer("other", 3)) == dataset_name(answer(".hidden", 3))
+    assert dataset_name(answer("x", 4)) != dataset_name(answer("x", 3))
     assert image_kind(b"\x89PNG\r\n\x1a\n...") == (".png", "image/png")
     assert image_kind(b"\xff\xd8\xff\xe0...") == (".jpg", "image/jpeg")

@@ -12,13 +12,13 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.inference.feedback.served import (
-    CLAIMED,
     INDEX_KEY,
     MAX_PENDING_WRITES,
     AlreadyCorrected,
     FeedbackUnavailable,
     RedisServedLog,
     ServedMask,
+    claim_key,
     entry_key,
 )
 
@@ -30,9 +30,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def served(request_id: str = "r1", image: bytes = b"\xff\xd8\xff image", version: int = 3
-           ) -> ServedMask:
-    return ServedMask(request_id, "unet", version, image, "ab" * 32, b"\x89PNG mask", False)
+def served(token: str = "r1", image: bytes = b"\xff\xd8\xff image", version: int = 3,
+           caller: str = "web") -> ServedMask:
+    return ServedMask(token, caller, f"req-{token}", "unet", version, image, "ab" * 32,
+                      b"\x89PNG mask", False)
 
 
 class RecordingRedis:
@@ -60,6 +61,11 @@ class RecordingRedis:
             raise self.error
         return self.data.get(key)
 
+    async def exists(self, key: str) -> int:
+        if self.error:
+            raise self.error
+        return int(key in self.data)
+
 
 def values(*draws: float) -> Iterator[float]:
     return iter(draws)
@@ -76,10 +82,10 @@ async def settle(log: RedisServedLog) -> None:
     await log.close()  # waits for the background writes
 
 
-async def test_a_kept_answer_is_stored_under_its_request_id_with_ttl_and_bound():
+async def test_a_kept_answer_is_stored_under_its_token_with_ttl_and_bound():
     client = RecordingRedis()
     log = make_log(client)
-    await log.remember(served("abc"))
+    log.remember(served("abc"))
     await settle(log)
     ((key, index, record, ttl, max_entries),) = client.kept
     assert (key, index, ttl, max_entries) == (entry_key("abc"), INDEX_KEY, 600, 50)
@@ -90,7 +96,7 @@ async def test_the_sample_rate_decides_which_answers_are_kept():
     client = RecordingRedis()
     log = make_log(client, rate=0.25, draws=values(0.1, 0.3, 0.24, 0.99, 0.25))
     for n in range(5):
-        await log.remember(served(f"r{n}"))
+        log.remember(served(f"r{n}"))
     await settle(log)
     assert [args[0] for args in client.kept] == [entry_key("r0"), entry_key("r2")]
 
@@ -98,7 +104,7 @@ async def test_the_sample_rate_decides_which_answers_are_kept():
 async def test_a_zero_rate_keeps_nothing():
     client = RecordingRedis()
     log = make_log(client, rate=0.0)
-    await log.remember(served())
+    log.remember(served())
     await settle(log)
     assert client.kept == []
 
@@ -106,8 +112,8 @@ async def test_a_zero_rate_keeps_nothing():
 async def test_answers_above_the_entry_bound_are_not_kept():
     client = RecordingRedis()
     log = make_log(client, max_entry_bytes=2048)
-    await log.remember(served("small", image=b"x" * 1000))
-    await log.remember(served("large", image=b"x" * 3000))
+    log.remember(served("small", image=b"x" * 1000))
+    log.remember(served("large", image=b"x" * 3000))
     await settle(log)
     assert [args[0] for args in client.kept] == [entry_key("small")]
 
@@ -117,38 +123,42 @@ async def test_the_answer_does_not_wait_for_redis_but_feedback_does():
     client.gate = asyncio.Event()
     log = make_log(client)
     with anyio.fail_after(10):
-        await log.remember(served("slow"))  # returns while the write is blocked
+        assert log.remember(served("slow"))  # returns while the write is blocked
     assert client.kept == []
     # the write is released only once the lookup is under way: a lookup that did not wait for
     # its entry would read Redis first and find nothing
     asyncio.get_running_loop().call_soon(client.gate.set)
     with anyio.fail_after(10):
-        assert await log.find("slow") == served("slow")
+        assert await log.find("slow", "web") == served("slow")
 
 
 async def test_a_redis_failure_is_swallowed_and_redis_left_alone_for_a_while():
     client = RecordingRedis()
     client.error = RedisConnectionError("refused")
     log = make_log(client)
-    await log.remember(served("first"))
+    log.remember(served("first"))
     await settle(log)
     client.error = None
-    await log.remember(served("during-bypass"))
+    log.remember(served("during-bypass"))
     await settle(log)
     assert client.kept == []
 
 
-async def test_lookups_tell_unknown_corrected_and_unavailable_apart():
+async def test_lookups_tell_unknown_foreign_corrected_and_unavailable_apart():
     client = RecordingRedis()
     log = make_log(client)
-    client.data[entry_key("done")] = CLAIMED
-    assert await log.find("never-seen") is None
+    client.data[entry_key("mine")] = served("mine").to_bytes()
+    assert await log.find("never-seen", "web") is None
+    assert await log.find("mine", "someone-else") is None  # a stolen token is no use
+    assert await log.find("mine", "web") == served("mine")
+    client.data[claim_key(served("mine"))] = b"other-token"  # same answer, corrected before
     with pytest.raises(AlreadyCorrected):
-        await log.find("done")
+        await log.find("mine", "web")
     client.error = RedisConnectionError("refused")
     with pytest.raises(FeedbackUnavailable) as raised:
-        await log.find("anything")
+        await log.find("anything", "web")
     assert raised.value.status == 503
+    assert "refused" not in raised.value.detail
 
 
 
@@ -157,11 +167,11 @@ async def test_a_stalled_redis_cannot_pile_up_images_in_memory():
     client.gate = asyncio.Event()  # every write hangs
     log = make_log(client)
     for n in range(MAX_PENDING_WRITES + 5):
-        await log.remember(served(f"r{n}"))
+        log.remember(served(f"r{n}"))
     assert len(log._pending) == MAX_PENDING_WRITES
     client.gate.set()
     await settle(log)
     assert len(client.kept) == MAX_PENDING_WRITES
-    await log.remember(served("after"))  # still leaving Redis alone for retry_seconds
+    log.remember(served("after"))  # still leaving Redis alone for retry_seconds
     await settle(log)
     assert len(client.kept) == MAX_PENDING_WRITES

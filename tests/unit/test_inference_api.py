@@ -214,22 +214,28 @@ def test_wrong_method_is_405_problem(client):
     assert (answer.status_code, answer.json()["code"]) == (405, "method_not_allowed")
 
 
-def test_every_answer_is_offered_to_the_feedback_log(client):
+@pytest.mark.parametrize("kept", [True, False])
+def test_every_answer_is_offered_to_the_feedback_log_with_a_server_drawn_token(client, kept):
     seen: list[ServedMask] = []
 
     class Recorder:
-        async def remember(self, served: ServedMask) -> None:
+        def remember(self, served: ServedMask) -> bool:
             seen.append(served)
+            return kept
 
     client.app.dependency_overrides[get_served_log] = Recorder
     try:
         image = half_white(40, 30)
-        answer = segment(client, image)
+        answer = segment(client, image, headers={"X-Request-Id": "chosen-by-the-client"})
     finally:
         client.app.dependency_overrides.clear()
     (served,) = seen
-    assert served.request_id == answer.headers["x-request-id"]
+    assert served.request_id == answer.headers["x-request-id"] == "chosen-by-the-client"
+    assert served.token != served.request_id
+    assert len(served.token) >= 22
+    assert served.caller == "anonymous"
     assert (served.image, served.mask_png, served.version) == (image, answer.content, 1)
+    assert answer.headers.get("x-feedback-token") == (served.token if kept else None)
 
 
 def test_v2_json_tensors_as_in_the_kserve_spec(client):

@@ -38,8 +38,45 @@ def test_a_role_other_than_stable_or_canary_is_refused():
     ("stage_poll_seconds", 0.1, "stage_poll_seconds"),
 ])
 def test_production_refuses_unsafe_values(field, value, fragment):
-    base = {"environment": "production", "model_repository": "gs://models/prod"}
+    base = {"environment": "production", "model_repository": "gs://models/prod",
+            "api_keys_file": "/etc/maskfleet/keys/keys.json"}
     InferenceSettings(**base)
     InferenceSettings(**{field: value})  # fine on a laptop
     with pytest.raises(ValidationError, match=fragment):
         InferenceSettings(**base, **{field: value})
+
+
+PRODUCTION = {"environment": "production", "model_repository": "gs://models/prod"}
+
+
+def test_production_refuses_to_run_without_keys_or_a_trusted_gateway():
+    with pytest.raises(ValidationError, match="api_keys_file"):
+        InferenceSettings(**PRODUCTION)
+    keyed = InferenceSettings(**PRODUCTION, api_keys_file="/keys.json")
+    gateway = InferenceSettings(**PRODUCTION, trusted_identity_header="X-Authenticated-User")
+    for settings in (keyed, gateway):
+        assert settings.open_scopes == frozenset()
+        assert settings.metrics_listen_port == 9090
+        assert settings.docs_served is False
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("anonymous_scopes", "infer", "anonymous_scopes"),
+    ("metrics_port", 0, "metrics_port"),
+    ("metrics_port", 8080, "metrics_port"),
+])
+def test_production_refuses_anonymous_callers_and_metrics_on_the_api_port(field, value,
+                                                                           fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        InferenceSettings(**PRODUCTION, api_keys_file="/keys.json", **{field: value})
+
+
+def test_local_mode_is_open_without_a_keys_file_and_closed_with_one(monkeypatch):
+    monkeypatch.delenv("MASKFLEET_ANONYMOUS_SCOPES", raising=False)
+    assert InferenceSettings().open_scopes == {"infer", "feedback", "jobs"}
+    assert InferenceSettings(api_keys_file="/keys.json").open_scopes == frozenset()
+    monkeypatch.setenv("MASKFLEET_ANONYMOUS_SCOPES", "infer, feedback")
+    assert InferenceSettings().open_scopes == {"infer", "feedback"}
+    monkeypatch.setenv("MASKFLEET_ANONYMOUS_SCOPES", "infer,root")
+    with pytest.raises(ValidationError, match="anonymous_scopes"):
+        InferenceSettings()

@@ -8,8 +8,9 @@ has no IoU and stays out of the mean; identical masks score 1.
 The pair lands in the dataset layout under the feedback prefix, where the retraining loader
 reads it: `<feedback>/images/<name>.jpg|png` holds the bytes the client sent (training decodes
 exactly what serving decoded) and `<feedback>/annotations/trimaps/<name>.png` the correction,
-written last because the loader only pairs names that have both files. `<name>` is the request
-id. Decoding, scoring and storage writes run in threads, off the event loop.
+written last because the loader only pairs names that have both files. `<name>` is the image
+digest and the model version: what makes an answer the same answer. Decoding, scoring and
+storage writes run in threads, off the event loop.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ log = logging.getLogger(__name__)
 class ServedEntries(Protocol):
     """The answers kept for feedback (`RedisServedLog`)."""
 
-    async def find(self, request_id: str) -> ServedMask | None: ...
+    async def find(self, token: str, caller: str) -> ServedMask | None: ...
 
-    async def claim(self, request_id: str) -> None: ...
+    async def claim(self, served: ServedMask) -> None: ...
 
     async def release(self, served: ServedMask) -> None: ...
 
@@ -46,7 +47,8 @@ class ServedEntries(Protocol):
 class FeedbackReceipt(BaseModel):
     """`POST /v1/feedback`: what the correction was scored against."""
 
-    request_id: str = Field(description="The /v1/segment request the correction is for")
+    feedback_token: str = Field(description="The X-Feedback-Token of the corrected answer")
+    request_id: str = Field(description="X-Request-Id of the /v1/segment answer corrected")
     model: str
     version: int = Field(description="Model version that served the corrected mask")
     iou: float = Field(description="Mean IoU over the classes between the served and the "
@@ -89,9 +91,9 @@ def image_kind(data: bytes) -> tuple[str, str]:
     return (".png", "image/png") if data.startswith(b"\x89PNG") else (".jpg", "image/jpeg")
 
 
-def dataset_name(request_id: str) -> str:
-    """The request id, made visible to listings that skip dot files (ids may start with '.')."""
-    return request_id if request_id[:1].isalnum() else f"_{request_id}"
+def dataset_name(served: ServedMask) -> str:
+    """Image digest and version: the same answer always lands on the same name."""
+    return f"{served.image_sha256[:32]}-v{served.version}"
 
 
 class Feedback:
@@ -104,30 +106,33 @@ class Feedback:
 
     def pair_uris(self, served: ServedMask) -> tuple[str, str]:
         """Where the image and the trimap of a correction go."""
-        name = dataset_name(served.request_id)
+        name = dataset_name(served)
         suffix, _ = image_kind(served.image)
         return (join(self._uri, "images", name + suffix),
                 join(self._uri, "annotations", "trimaps", name + ".png"))
 
-    async def receive(self, request_id: str, mask_png: bytes) -> FeedbackReceipt:
-        served = await self._served.find(request_id)
+    async def receive(self, token: str, caller: str, mask_png: bytes) -> FeedbackReceipt:
+        served = await self._served.find(token, caller)
         if served is None:
-            raise RequestNotKept(request_id)
+            raise RequestNotKept()
         corrected, iou = await asyncio.to_thread(score, served.mask_png, mask_png)
-        await self._served.claim(request_id)
+        await self._served.claim(served)
         try:
             await asyncio.to_thread(self._store, served, corrected)
         except (MaskfleetError, OSError) as exc:
             await self._served.release(served)
             if isinstance(exc, MaskfleetError):
                 raise
-            raise StorageError(f"storing the corrected pair failed: {exc}") from None
+            log.error("storing a corrected pair failed", extra={"error": repr(exc)})
+            raise StorageError("storing the corrected pair failed") from None
         version = str(served.version)
         self._metrics.feedback.labels(version).inc()
         self._metrics.feedback_iou.labels(version).observe(iou)
-        log.info("feedback stored", extra={"for_request_id": request_id, "model": served.model,
+        log.info("feedback stored", extra={"for_request_id": served.request_id,
+                                           "caller": caller, "model": served.model,
                                            "version": served.version, "iou": round(iou, 4)})
-        return FeedbackReceipt(request_id=request_id, model=served.model,
+        return FeedbackReceipt(feedback_token=token, request_id=served.request_id,
+                               model=served.model,
                                version=served.version, iou=round(iou, 6))
 
     def _store(self, served: ServedMask, corrected: Mask) -> None:

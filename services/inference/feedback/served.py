@@ -2,8 +2,11 @@
 
 Feedback on a request needs that request's image (to store the training pair), the mask that
 was served (to score it) and the version that served it (to label the score). A sampled share
-of answers (`feedback_sample_rate`) is kept in Redis under its request id: shared by every API
-pod, so feedback may reach another pod than the one that answered, and bounded three ways:
+of answers (`feedback_sample_rate`) is kept in Redis under a feedback token the server draws
+(128 random bits, sent back as `X-Feedback-Token`), never under an id the client chose, and
+bound to the caller who received it: a correction needs the token and the same caller. Shared
+by every API pod, so feedback may reach another pod than the one that answered, and bounded
+three ways:
 each entry expires (`feedback_ttl_seconds`), entries larger than `feedback_max_entry_bytes` are
 not kept, and at most `feedback_max_entries` are kept (the oldest are dropped first), so Redis
 never holds more than max entries x max entry bytes for feedback.
@@ -12,6 +15,10 @@ Keeping runs in a background task: the answer is not delayed by a Redis write of
 and Redis trouble is logged, never seen by /v1/segment. After an error Redis is left alone for
 `cache_retry_seconds`, as the result cache does. A feedback request for an answer whose write is
 still in flight in this process waits for it, so a fast client cannot overtake its own entry.
+
+One correction per served answer: the claim is made on (model, version, image digest), not on
+the token, so sending the same image again (a new token each time) cannot add a second score
+for what is the same answer. Claims outlive entries (`CLAIM_TTL_SECONDS`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,8 +43,12 @@ from ..settings import InferenceSettings
 KEY_PREFIX = "maskfleet:feedback:served"
 INDEX_KEY = "maskfleet:feedback:index"
 """Sorted set of entry keys by the time they were kept (Redis clock, microseconds)."""
-CLAIMED = b"claimed"
-"""Replaces an entry once its feedback is accepted: a second correction gets a 409."""
+CLAIM_PREFIX = "maskfleet:feedback:claimed"
+"""One key per corrected (model, version, image digest): a second correction gets a 409."""
+CLAIM_TTL_SECONDS = 30 * 24 * 3600
+"""How long a correction blocks others for the same answer: beyond the longest entry TTL, and
+longer than a rollout needs to decide on the scores."""
+TOKEN_BYTES = 16
 REDIS_TIMEOUT_SECONDS = 2.0
 """Writes carry whole images and run in the background; the result cache's 50 ms budget would
 drop large ones, and a slow Redis delays only feedback here, never an answer."""
@@ -65,11 +77,15 @@ return math.max(over, 0)
 
 # 1 = claimed now, 0 = claimed before, nil = no such entry (unknown, expired or dropped).
 _CLAIM = """
-local value = redis.call('GET', KEYS[1])
-if not value then return nil end
-if value == ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-return 1
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return 1 end
+return 0
+"""
+
+# Release a claim only if it is still ours (storing the pair failed).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 log = logging.getLogger(__name__)
@@ -84,26 +100,36 @@ class FeedbackUnavailable(MaskfleetError):
 
 
 class RequestNotKept(NotFound):
-    code = "request_not_found"
-    title = "No served mask is kept for that request id"
+    code = "feedback_token_unknown"
+    title = "No served mask is kept for that feedback token"
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self) -> None:
         super().__init__(
-            f"no served mask is kept for request {request_id}: the id is unknown, its answer "
-            "was not sampled or was too large to keep, or it expired")
+            "no served mask is kept for that feedback token: it is unknown, was issued to "
+            "another caller, or expired")
 
 
 class AlreadyCorrected(MaskfleetError):
     status = 409
     code = "feedback_already_received"
-    title = "This request already received its correction"
+    title = "This answer already received its correction"
+
+
+def new_token() -> str:
+    """A feedback token: random, URL-safe, 22 characters."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 @dataclass(frozen=True)
 class ServedMask:
     """One answer of /v1/segment as feedback needs it."""
 
+    token: str
+    """Server-drawn id of this answer, handed to the caller as `X-Feedback-Token`."""
+    caller: str
+    """Id of the caller the answer was served to; only they may correct it."""
     request_id: str
+    """The answer's X-Request-Id, for logs only (clients may choose it)."""
     model: str
     version: int
     image: bytes
@@ -111,9 +137,15 @@ class ServedMask:
     mask_png: bytes
     cached: bool
 
+    @property
+    def answer_key(self) -> str:
+        """What "the same served answer" means: same model, version and image bytes."""
+        return f"{self.model}:{self.version}:{self.image_sha256}"
+
     def to_bytes(self) -> bytes:
         """A JSON head line, then the image and the mask PNG back to back (no base64)."""
-        head = json.dumps({"id": self.request_id, "model": self.model, "version": self.version,
+        head = json.dumps({"token": self.token, "caller": self.caller, "id": self.request_id,
+                           "model": self.model, "version": self.version,
                            "sha256": self.image_sha256, "cached": self.cached,
                            "image_bytes": len(self.image)}, separators=(",", ":"))
         return head.encode() + b"\n" + self.image + self.mask_png
@@ -123,18 +155,23 @@ class ServedMask:
         head, _, rest = data.partition(b"\n")
         meta = json.loads(head)
         split = int(meta["image_bytes"])
-        return cls(str(meta["id"]), str(meta["model"]), int(meta["version"]), rest[:split],
+        return cls(str(meta["token"]), str(meta["caller"]), str(meta["id"]),
+                   str(meta["model"]), int(meta["version"]), rest[:split],
                    str(meta["sha256"]), rest[split:], bool(meta["cached"]))
 
 
 class ServedLog(Protocol):
-    """What /v1/segment hands every answer to."""
+    """What /v1/segment hands every answer to; True when it is kept (a token is then sent)."""
 
-    async def remember(self, served: ServedMask) -> None: ...
+    def remember(self, served: ServedMask) -> bool: ...
 
 
-def entry_key(request_id: str) -> str:
-    return f"{KEY_PREFIX}:{request_id}"
+def entry_key(token: str) -> str:
+    return f"{KEY_PREFIX}:{token}"
+
+
+def claim_key(served: ServedMask) -> str:
+    return f"{CLAIM_PREFIX}:{served.answer_key}"
 
 
 class RedisServedLog:
@@ -178,6 +215,11 @@ class RedisServedLog:
                    max_entry_bytes=settings.feedback_max_entry_bytes,
                    retry_seconds=settings.cache_retry_seconds, owns_client=owns)
 
+    @property
+    def client(self) -> redis.Redis:  # type: ignore[type-arg]
+        """The connection pool, shared with the rate limiter (both are feedback-path Redis)."""
+        return self._client
+
     def wanted(self, served: ServedMask) -> bool:
         """Sampled in, small enough, and Redis not being left alone after an error."""
         if self._sample_rate <= 0.0 or self._sample() >= self._sample_rate:
@@ -189,26 +231,27 @@ class RedisServedLog:
             return False
         return self._backoff.open
 
-    async def remember(self, served: ServedMask) -> None:
+    def remember(self, served: ServedMask) -> bool:
         """Start keeping `served` if it is wanted; returns without waiting for Redis."""
         if not self.wanted(served):
-            return
+            return False
         if len(self._pending) >= MAX_PENDING_WRITES:  # Redis is too slow: leave it alone too
             self._failed("keep", TimeoutError(f"{MAX_PENDING_WRITES} writes still in flight"))
-            return
-        request_id = served.request_id
-        task = asyncio.create_task(self._keep(served), name=f"keep-served-{request_id}")
-        self._pending[request_id] = task
-        task.add_done_callback(lambda done: self._forget(request_id, done))
+            return False
+        token = served.token
+        task = asyncio.create_task(self._keep(served), name=f"keep-served-{served.request_id}")
+        self._pending[token] = task
+        task.add_done_callback(lambda done: self._forget(token, done))
+        return True
 
-    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
-        if self._pending.get(request_id) is task:
-            del self._pending[request_id]
+    def _forget(self, token: str, task: asyncio.Task[None]) -> None:
+        if self._pending.get(token) is task:
+            del self._pending[token]
 
     async def _keep(self, served: ServedMask) -> None:
         try:
             dropped = await self._client.eval(  # type: ignore[no-untyped-call]
-                _KEEP, 2, entry_key(served.request_id), INDEX_KEY, served.to_bytes(),
+                _KEEP, 2, entry_key(served.token), INDEX_KEY, served.to_bytes(),
                 self._ttl, self._max_entries)
         except Exception as exc:  # a background write has no caller to report to
             self._failed("keep", exc)
@@ -220,31 +263,38 @@ class RedisServedLog:
     def _failed(self, action: str, exc: BaseException) -> None:
         self._backoff.trip(action, exc)
 
-    async def find(self, request_id: str) -> ServedMask | None:
-        """The kept answer, None when unknown, expired or dropped; 409 once corrected."""
-        pending = self._pending.get(request_id)
+    async def find(self, token: str, caller: str) -> ServedMask | None:
+        """The answer kept under `token` for `caller`; None when unknown, expired, dropped or
+        served to someone else; 409 once that answer was corrected."""
+        pending = self._pending.get(token)
         if pending is not None:
             await asyncio.wait([pending])
-        raw = await self._call(self._client.get(entry_key(request_id)))
+        raw = await self._call(self._client.get(entry_key(token)))
         if raw is None:
             return None
-        if raw == CLAIMED:
-            raise AlreadyCorrected(f"request {request_id} already received a corrected mask")
-        return ServedMask.from_bytes(raw)
+        served = ServedMask.from_bytes(raw)
+        if served.caller != caller:
+            return None
+        if await self._call(self._client.exists(claim_key(served))):
+            raise AlreadyCorrected("this answer (same model version and image) already "
+                                   "received a corrected mask")
+        return served
 
-    async def claim(self, request_id: str) -> None:
-        """Mark the entry as corrected, exactly once even when two corrections race."""
+    async def claim(self, served: ServedMask) -> None:
+        """Mark the answer as corrected, exactly once even when two corrections race."""
         outcome = await self._call(self._client.eval(  # type: ignore[no-untyped-call]
-            _CLAIM, 1, entry_key(request_id), CLAIMED))
+            _CLAIM, 2, entry_key(served.token), claim_key(served), served.token,
+            CLAIM_TTL_SECONDS))
         if outcome is None:
-            raise RequestNotKept(request_id)
+            raise RequestNotKept()
         if int(outcome) == 0:
-            raise AlreadyCorrected(f"request {request_id} already received a corrected mask")
+            raise AlreadyCorrected("this answer (same model version and image) already "
+                                   "received a corrected mask")
 
     async def release(self, served: ServedMask) -> None:
-        """Put a claimed entry back (storing its pair failed), so the client can retry."""
-        await self._call(self._client.set(
-            entry_key(served.request_id), served.to_bytes(), keepttl=True, xx=True))
+        """Drop our claim (storing the pair failed), so the client can retry."""
+        await self._call(self._client.eval(  # type: ignore[no-untyped-call]
+            _RELEASE, 1, claim_key(served), served.token))
 
     async def _call(self, pending: Any) -> Any:
         try:

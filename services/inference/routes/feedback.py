@@ -1,13 +1,17 @@
 """`POST /v1/feedback`: a corrected mask for an earlier /v1/segment answer.
 
 Two ways to send it, as /v1/segment takes images:
-- raw PNG body (`Content-Type: image/png`) with the answer's id in the query:
-  `curl --data-binary @fixed.png -H 'Content-Type: image/png' '.../v1/feedback?request_id=ID'`
-- multipart with a `request_id` field and a `mask` file:
-  `curl -F request_id=ID -F mask=@fixed.png .../v1/feedback`
-The id is the `X-Request-Id` of the /v1/segment response, in the query or the form (both
-must agree when both are given). The mask is a trimap PNG (1 pet, 2 background,
-3 border) at the image's resolution, i.e. the served mask's size.
+- raw PNG body (`Content-Type: image/png`) with the answer's token in the query:
+  `curl --data-binary @fixed.png -H 'Content-Type: image/png' '.../v1/feedback?feedback_token=T'`
+- multipart with a `feedback_token` field and a `mask` file:
+  `curl -F feedback_token=T -F mask=@fixed.png .../v1/feedback`
+The token may also travel in the `X-Feedback-Token` header, as /v1/segment sent it; when it is
+given more than once, every copy must agree.
+The token is the `X-Feedback-Token` header of the /v1/segment response (`feedback_token` in
+its JSON form), drawn by the server: a client cannot name an answer it was not served. It is
+bound to the caller (API key) that received the answer. The mask is a trimap PNG (1 pet,
+2 background, 3 border) at the image's resolution, i.e. the served mask's size. Each key's
+corrections are rate limited (429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.datastructures import Headers, UploadFile
 
 from shared.errors import (
@@ -28,13 +32,14 @@ from ..body import MULTIPART, media_type, parse_multipart, read_body
 from ..deps import FeedbackDep, SettingsDep
 from ..errors import PROBLEM_JSON
 from ..feedback import FeedbackReceipt
+from ..ratelimit import FeedbackSender
 
 router = APIRouter(tags=["feedback"])
 
-ID_FIELD, MASK_FIELD = "request_id", "mask"
+ID_FIELD, MASK_FIELD = "feedback_token", "mask"
 RAW_MASK_TYPES = frozenset({"image/png", "application/octet-stream"})
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-"""The ids /v1/segment hands out (the same rule its middleware applies to incoming ids)."""
+_VALID_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+"""The shape of the tokens /v1/segment hands out (URL-safe base64)."""
 
 _REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -52,21 +57,29 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
     openapi_extra=_REQUEST_BODY,
     responses={status: {"description": title, **_PROBLEM} for status, title in (
         (400, "Empty body, malformed multipart"),
-        (404, "No answer kept for that id: unknown, not sampled, too large or expired"),
+        (401, "No or unknown API key"), (403, "The key lacks the `feedback` scope"),
+        (404, "No answer kept for that token: unknown, another caller's, or expired"),
         (409, "That answer already received a correction"), (413, "Too many bytes"),
         (415, "Not PNG or multipart"),
-        (422, "Missing or invalid request id; mask not a trimap PNG of the served size"),
+        (422, "Missing or invalid token; mask not a trimap PNG of the served size"),
+        (429, "Too many corrections from this key; see Retry-After"),
         (502, "Storing the pair failed"), (503, "The feedback store (Redis) is unavailable"))},
 )
 async def feedback(
     request: Request,
     corrections: FeedbackDep,
     settings: SettingsDep,
-    request_id: Annotated[str | None, Query(
-        description="`X-Request-Id` of the /v1/segment response being corrected")] = None,
+    caller: FeedbackSender,
+    feedback_token: Annotated[str | None, Query(
+        description="`X-Feedback-Token` of the /v1/segment response being corrected")] = None,
+    x_feedback_token: Annotated[str | None, Header(
+        description="The same token as a header (instead of the query or form)")] = None,
 ) -> FeedbackReceipt:
-    target, mask = await read_correction(request, settings.max_body_bytes, request_id)
-    return await corrections.receive(target, mask)
+    if feedback_token and x_feedback_token and feedback_token != x_feedback_token:
+        raise InvalidRequest(f"{ID_FIELD} differs between the query and X-Feedback-Token")
+    target, mask = await read_correction(request, settings.max_body_bytes,
+                                         feedback_token or x_feedback_token)
+    return await corrections.receive(target, caller.id, mask)
 
 
 async def read_correction(request: Request, limit: int,
@@ -85,10 +98,10 @@ async def read_correction(request: Request, limit: int,
         raise InvalidRequest(f"{ID_FIELD} differs between the query and the form")
     target = form_id or query_id
     if not target:
-        raise InvalidRequest(f"{ID_FIELD}: required (the X-Request-Id of the /v1/segment "
+        raise InvalidRequest(f"{ID_FIELD}: required (the X-Feedback-Token of the /v1/segment "
                              "response being corrected)")
     if not _VALID_ID.match(target):
-        raise InvalidRequest(f"{ID_FIELD}: not a request id maskfleet hands out")
+        raise InvalidRequest(f"{ID_FIELD}: not a token maskfleet hands out")
     if not body:
         raise EmptyBody("the mask is empty (0 bytes)")
     return target, body

@@ -1,4 +1,8 @@
-"""The root document, probes and the Prometheus scrape endpoint."""
+"""The root document, probes, and /metrics when it shares the API port (metrics_port 0).
+
+Normally /metrics is served by `metrics.MetricsServer` on its own port, which the Service the
+Ingress/HTTPRoute use does not expose; `metrics_router` exists for development only.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from ..deps import DrainDep, HolderDep, MetricsDep, SettingsDep
 from ..schemas import Health, Readiness, Root, ServedVersion
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])
 
 NAME = "maskfleet-inference"
 
@@ -50,6 +55,6 @@ async def readyz(holder: HolderDep, drain: DrainDep) -> Readiness:
                      stage=served.stage)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(api_metrics: MetricsDep) -> Response:
     return Response(generate_latest(api_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,9 @@ from services.jobs.records import JobRequest, JobStatus
 from services.jobs.service import JobService
 from shared.errors import JobsUnavailable
 
+from ..auth import Caller, JobsCaller
+from ..ratelimit import JobSubmitter
+
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
@@ -38,13 +41,16 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
     responses={
         202: {"description": "Queued; poll the URL in the Location header"},
         **{status: {"description": title, **_PROBLEM} for status, title in (
+            (401, "No or unknown API key"), (403, "Key lacks `jobs`; storage rule refused"),
             (404, "Unknown model version or stage"), (409, "Output in use by another job"),
             (413, "Too many images"), (422, "Bad URIs, no images, colliding outputs"),
+            (429, "Too many submissions from this key; see Retry-After"),
             (503, "Job store or queue unreachable"))},
     },
 )
-def submit_job(body: JobRequest, jobs: JobsDep, response: Response) -> JobStatus:
-    status = jobs.submit(body)
+def submit_job(body: JobRequest, jobs: JobsDep, response: Response,
+               caller: JobSubmitter) -> JobStatus:
+    status = jobs.submit(body, submitted_by=caller.id)
     response.headers["Location"] = f"/v1/jobs/{status.job_id}"
     return status
 
@@ -52,16 +58,21 @@ def submit_job(body: JobRequest, jobs: JobsDep, response: Response) -> JobStatus
 @router.get(
     "/{job_id}",
     summary="A job's state, progress, first per-item errors and manifest URI",
-    responses={404: {"description": "Unknown (or expired) job", **_PROBLEM}},
+    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
 )
-def get_job(job_id: str, jobs: JobsDep) -> JobStatus:
-    return jobs.status(job_id)
+def get_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
+    return jobs.status(job_id, _viewer(caller))
 
 
 @router.delete(
     "/{job_id}",
     summary="Cancel a job: chunks that have not started are skipped",
-    responses={404: {"description": "Unknown (or expired) job", **_PROBLEM}},
+    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
 )
-def cancel_job(job_id: str, jobs: JobsDep) -> JobStatus:
-    return jobs.cancel(job_id)
+def cancel_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
+    return jobs.cancel(job_id, _viewer(caller))
+
+
+def _viewer(caller: Caller) -> str | None:
+    """Callers see their own jobs; an `admin` key sees every job."""
+    return None if caller.may("admin") else caller.id

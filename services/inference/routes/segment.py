@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from shared.errors import StageNotServed
 
 from ..admission import TIMEOUT_HEADER, Deadline, header_timeout
+from ..auth import InferCaller
 from ..body import IMAGE_FIELD, read_image
 from ..deps import (
     CompareSegmentersDep,
@@ -20,11 +21,14 @@ from ..deps import (
 )
 from ..errors import PROBLEM_JSON
 from ..feedback import ServedMask
+from ..feedback.served import new_token
 from ..pipeline import MaskAnswer
 from ..schemas import SegmentAnswer
 from ..settings import InferenceSettings
 
 router = APIRouter(tags=["segment"])
+
+FEEDBACK_TOKEN = "X-Feedback-Token"
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -48,7 +52,8 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
               "content": {"image/png": {}, "application/json": {
                   "schema": SegmentAnswer.model_json_schema()}}},
         **{status: {"description": title, **_PROBLEM} for status, title in (
-            (400, "Empty body, malformed multipart"), (413, "Too many bytes or pixels"),
+            (400, "Empty body, malformed multipart"), (401, "No or unknown API key"),
+            (403, "The key lacks the `infer` scope"), (413, "Too many bytes or pixels"),
             (404, "`stage` not served by this API"), (415, "Not JPEG/PNG"),
             (422, "Undecodable image"), (503, "Model not loaded"))},
     },
@@ -60,6 +65,7 @@ async def segment(
     served_log: ServedLogDep,
     request_id: RequestIdDep,
     compare: CompareSegmentersDep,
+    caller: InferCaller,
     format: Annotated[Literal["png", "json"] | None, Query(
         description="`json` for metadata and a base64 mask; default PNG unless the Accept "
                     "header asks for application/json")] = None,
@@ -80,13 +86,18 @@ async def segment(
         header_timeout(request.headers.get(TIMEOUT_HEADER)))
     image = await read_image(request, settings.max_body_bytes)
     answer = await segmenter.segment(image, deadline)
-    await served_log.remember(ServedMask(
-        request_id, answer.model, answer.version, image, answer.image_sha256,
-        answer.mask.png, answer.cached))
+    drawn = new_token()
+    token: str | None = drawn
+    if not served_log.remember(ServedMask(
+            drawn, caller.id, request_id, answer.model, answer.version, image,
+            answer.image_sha256, answer.mask.png, answer.cached)):
+        token = None
     headers = {"X-Model-Version": str(answer.version),
                "X-Cache": "hit" if answer.cached else "miss"}
+    if token is not None:
+        headers[FEEDBACK_TOKEN] = token
     if _wants_json(format, request.headers.get("accept", "")):
-        body = _as_json(answer, request_id).model_dump_json()
+        body = _as_json(answer, request_id, token).model_dump_json()
         return Response(body, media_type="application/json", headers=headers)
     return Response(answer.mask.png, media_type="image/png", headers=headers)
 
@@ -101,9 +112,9 @@ def _wants_json(format: str | None, accept: str) -> bool:
     return "application/json" in accept and "image/png" not in accept
 
 
-def _as_json(answer: MaskAnswer, request_id: str) -> SegmentAnswer:
+def _as_json(answer: MaskAnswer, request_id: str, token: str | None) -> SegmentAnswer:
     mask = answer.mask
     return SegmentAnswer(
         model=answer.model, version=answer.version, width=mask.width, height=mask.height,
         class_fractions=mask.fractions, mask_png=base64.b64encode(mask.png).decode(),
-        cached=answer.cached, request_id=request_id)
+        cached=answer.cached, request_id=request_id, feedback_token=token)

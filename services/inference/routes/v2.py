@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from shared.errors import UnsupportedMediaType
 
 from ..admission import TIMEOUT_HEADER, header_timeout
+from ..auth import RequireScope
 from ..body import read_body
 from ..dataplane import InferRequest, InferResponse, ModelMetadata
 from ..deps import DataPlaneDep, RequestIdDep
 from ..oip import HEADER_LENGTH, parse_request, render_json
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"],
+                   dependencies=[Depends(RequireScope("infer"))])
+"""Every /v2 route, metadata and health included, needs `infer`: only /healthz and /readyz
+are public (Kubernetes probes use those)."""
 
 
 @router.get("", summary="Server metadata")
