@@ -10,6 +10,7 @@ queue), so a Redis failure is that action's 503, never a silent "no limit".
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
 from shared.errors import JobsUnavailable, MaskfleetError, RateLimited
+from shared.redis import plain_reason
 
 from .auth import Caller, RequireScope
 from .feedback import FeedbackUnavailable
@@ -27,6 +29,8 @@ from .settings import InferenceSettings
 
 Action = Literal["feedback", "jobs"]
 KEY_PREFIX = "maskfleet:ratelimit"
+
+log = logging.getLogger(__name__)
 
 # Returns the seconds to wait as a string (0 = allowed and one token spent).
 _TAKE = """
@@ -51,6 +55,8 @@ class Bucket:
     per_minute: float
     burst: int
     unavailable: Callable[[str], MaskfleetError]
+    store: str
+    """The Redis the action needs anyway, named in the 503 (the bucket lives there too)."""
 
 
 class RateLimiter:
@@ -65,8 +71,9 @@ class RateLimiter:
                       client: redis.Redis) -> RateLimiter:  # type: ignore[type-arg]
         return cls(client, {
             "feedback": Bucket(settings.feedback_rate_per_minute, settings.feedback_burst,
-                               FeedbackUnavailable),
-            "jobs": Bucket(settings.jobs_rate_per_minute, settings.jobs_burst, JobsUnavailable),
+                               FeedbackUnavailable, "the feedback store"),
+            "jobs": Bucket(settings.jobs_rate_per_minute, settings.jobs_burst, JobsUnavailable,
+                           "the job store"),
         })
 
     async def take(self, action: Action, caller: str) -> None:
@@ -76,8 +83,9 @@ class RateLimiter:
                 _TAKE, 1, f"{KEY_PREFIX}:{action}:{caller}", bucket.per_minute / 60.0,
                 bucket.burst))
         except (RedisError, OSError) as exc:
-            raise bucket.unavailable(f"the rate limiter (Redis) failed: "
-                                     f"{type(exc).__name__}") from None
+            log.warning("rate limiter failed", extra={"action": action,
+                                                      "error": type(exc).__name__})
+            raise bucket.unavailable(plain_reason(exc, bucket.store)) from None
         if wait > 0:
             raise RateLimited(f"{caller!r} sent more than {bucket.burst} {action} requests at "
                               f"once or {bucket.per_minute:g} per minute",

@@ -75,11 +75,11 @@ def test_the_cache_and_kept_answers_live_in_their_roles(stack: Stack, tmp_path: 
         assert (first.status_code, second.status_code) == (200, 200)
         assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
         assert stack.db(CACHE_DB).keys("maskfleet:mask:*")
-        kept = f"maskfleet:feedback:served:{first.headers['x-request-id']}"
+        kept = f"maskfleet:feedback:served:{first.headers['x-feedback-token']}"
         wait_until(lambda: bool(stack.db(STATE_DB).exists(kept)), 30, "the kept answer")
         assert not stack.db(CACHE_DB).exists(kept)
         correction = http.post(url(stack.api, "/v1/feedback"),
-                               params={"request_id": first.headers["x-request-id"]},
+                               params={"feedback_token": first.headers["x-feedback-token"]},
                                content=first.content, headers={"Content-Type": "image/png"})
         assert correction.status_code == 200, correction.text
 
