@@ -121,10 +121,12 @@ class Feedback:
             await asyncio.to_thread(self._store, served, corrected)
         except (MaskfleetError, OSError) as exc:
             await self._served.release(served)
-            if isinstance(exc, MaskfleetError):
+            if isinstance(exc, MaskfleetError) and not isinstance(exc, StorageError):
                 raise
-            log.error("storing a corrected pair failed", extra={"error": repr(exc)})
-            raise StorageError("storing the corrected pair failed") from None
+            # the storage's own message names bucket paths or local folders: logs only
+            detail = exc.detail if isinstance(exc, MaskfleetError) else repr(exc)
+            log.error("storing a corrected pair failed", extra={"error": detail})
+            raise StorageError("storing the corrected pair failed; try again later") from None
         version = str(served.version)
         self._metrics.feedback.labels(version).inc()
         self._metrics.feedback_iou.labels(version).observe(iou)
