@@ -130,6 +130,8 @@ def test_probes_are_public_and_nothing_else_is(http: httpx.Client, api: Api) -> 
         assert http.get(api.url(path)).status_code == 200, path
     for method, path in (("POST", "/v1/segment"), ("POST", "/v1/feedback"),
                          ("POST", "/v1/jobs"), ("GET", "/v1/jobs/" + "0" * 32),
+                         ("GET", "/v1/jobs/" + "0" * 32 + "/items"),
+                         ("GET", "/v1/jobs/" + "0" * 32 + "/items/0/mask"),
                          ("GET", "/v2"), ("GET", "/v2/health/ready"), ("GET", "/v2/models/unet"),
                          ("POST", "/v2/models/unet/infer")):
         answer = http.request(method, api.url(path))
@@ -254,6 +256,8 @@ def test_jobs_record_their_submitter_and_only_it_or_admin_reads_them(http: httpx
     assert http.get(location, headers=api.auth("batch")).json()["submitted_by"] == "batch"
     assert_problem(http.get(location, headers=api.auth("batch-2")), 404, "job_not_found")
     assert_problem(http.delete(location, headers=api.auth("batch-2")), 404, "job_not_found")
+    assert_problem(http.get(f"{location}/items", headers=api.auth("batch-2")), 404,
+                   "job_not_found")
     assert http.get(location, headers=api.auth("ops")).status_code == 200
 
 

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Path, Query, Response
 
 from services.jobs.items import JobItems, Which, item_file, items
 
+from ..auth import JobsCaller
 from ..deps import SettingsDep
-from .jobs import JobsDep
+from .jobs import JobsDep, viewer
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -25,15 +26,17 @@ MAX_PAGE = 500
 @router.get(
     "/{job_id}/items",
     summary="A succeeded job's items (input, mask, size, class fractions, error), paged",
-    responses={404: {"description": "Unknown job", **_PROBLEM},
+    responses={401: {"description": "No or unknown API key", **_PROBLEM},
+               403: {"description": "The key lacks the `jobs` scope", **_PROBLEM},
+               404: {"description": "Unknown job, or another caller's", **_PROBLEM},
                409: {"description": "The job has not succeeded (no manifest yet)", **_PROBLEM}},
 )
 def list_items(
-    job_id: str, jobs: JobsDep,
+    job_id: str, jobs: JobsDep, caller: JobsCaller,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> JobItems:
-    return items(jobs.status(job_id), offset, limit)
+    return items(jobs.status(job_id, viewer(caller)), offset, limit)
 
 
 @router.get(
@@ -41,15 +44,19 @@ def list_items(
     summary="Item `index`'s input image or output mask (PNG), as stored",
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}},
-               404: {"description": "Unknown job or item, or no mask", **_PROBLEM},
+               401: {"description": "No or unknown API key", **_PROBLEM},
+               403: {"description": "The key lacks the `jobs` scope", **_PROBLEM},
+               404: {"description": "Unknown job or item, another caller's, or no mask",
+                     **_PROBLEM},
                409: {"description": "The job has not succeeded", **_PROBLEM},
                413: {"description": "The file is larger than the body limit", **_PROBLEM},
                422: {"description": "The manifest points outside the job", **_PROBLEM}},
 )
 def item(
-    job_id: str, jobs: JobsDep, settings: SettingsDep,
+    job_id: str, jobs: JobsDep, settings: SettingsDep, caller: JobsCaller,
     index: Annotated[int, Path(ge=0)], which: Which,
 ) -> Response:
-    data, content_type = item_file(jobs.status(job_id), index, which, settings.max_body_bytes)
+    data, content_type = item_file(jobs.status(job_id, viewer(caller)), index, which,
+                                   settings.max_body_bytes)
     return Response(data, media_type=content_type,
                     headers={"Cache-Control": "private, max-age=300"})

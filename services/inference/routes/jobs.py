@@ -61,7 +61,7 @@ def submit_job(body: JobRequest, jobs: JobsDep, response: Response,
     responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
 )
 def get_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
-    return jobs.status(job_id, _viewer(caller))
+    return jobs.status(job_id, viewer(caller))
 
 
 @router.delete(
@@ -70,9 +70,9 @@ def get_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
     responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
 )
 def cancel_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
-    return jobs.cancel(job_id, _viewer(caller))
+    return jobs.cancel(job_id, viewer(caller))
 
 
-def _viewer(caller: Caller) -> str | None:
+def viewer(caller: Caller) -> str | None:
     """Callers see their own jobs; an `admin` key sees every job."""
     return None if caller.may("admin") else caller.id
