@@ -35,6 +35,9 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 REDIS_DB = 9
+MODELS_OVERRIDE = os.environ.get("MASKFLEET_UI_TEST_MODEL_REPOSITORY")
+"""A local model repository with `unet` at production and candidate to use instead of the tiny
+untrained one (whose masks are noise): README's screenshot comes from a run with one."""
 
 
 @dataclass
@@ -74,8 +77,11 @@ def ui_stack(redis_server: Server, tiny_model_repo: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
     """The API with version 1 at production and version 2 at candidate, both served."""
     repo = tmp_path_factory.mktemp("ui-models") / "repo"
-    shutil.copytree(tiny_model_repo, repo)
-    ModelRepository(str(repo)).set_stage("unet", "candidate", 2)
+    if MODELS_OVERRIDE:  # a trained repository, for screenshots people can read
+        shutil.copytree(MODELS_OVERRIDE, repo)
+    else:
+        shutil.copytree(tiny_model_repo, repo)
+        ModelRepository(str(repo)).set_stage("unet", "candidate", 2)
     workdir = tmp_path_factory.mktemp("ui-api")
     feedback_dir = workdir / "feedback"
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"

@@ -295,6 +295,7 @@ $("compare-run").addEventListener("click", async () => {
     const [stable, candidate] = await Promise.all(sides.map((o) => withKey(() => api.segment(blob, o))));
     const [a, b, bitmap] = await Promise.all([
       decodeTrimapPng(stable.maskPng), decodeTrimapPng(candidate.maskPng), createImageBitmap(blob)]);
+    $("compare-pair").hidden = false;
     drawComposite($("compare-stable"), bitmap, a);
     drawComposite($("compare-candidate"), bitmap, b);
     $("compare-stable-caption").textContent = `Stable: ${stable.model} version ${stable.version}`;
