@@ -10,7 +10,7 @@ LOCKS := $(wildcard requirements/*.txt)
 UV ?= $(BIN)/uv
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-unit test-integration lint audit lock bench run stop manifests dashboards clean
+.PHONY: install test test-unit test-integration lint audit lock bench run stop manifests protos dashboards clean
 
 install: $(INSTALLED)
 
@@ -66,6 +66,10 @@ clean:
 
 dashboards: install
 	$(BIN)/python -m observability.dashboards
+
+# Regenerate the checked-in gRPC modules after editing the .proto (a test checks they match).
+protos: install
+	PYTHON=$(BIN)/python scripts/gen_grpc.sh
 
 manifests: install
 	$(BIN)/python scripts/render_manifests.py

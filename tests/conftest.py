@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# every app a test builds (and every API process it starts) serves gRPC on a port the OS picks,
+# never the fixed 8081; gRPC tests choose a free port explicitly
+os.environ.setdefault("MASKFLEET_GRPC_PORT", "0")
 
 from tests.servers import Server, running, start_gcs_emulator, start_redis
 

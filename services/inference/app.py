@@ -2,8 +2,9 @@
 
 Components are built here and reach routes only through `deps`; nothing reads the
 environment. The lifespan starts the model holder (background load, stage polling) and the
-batcher; on shutdown, which uvicorn runs after in-flight requests have completed, the batcher
-first runs anything still queued.
+batcher, then the gRPC server (`grpc_v2`) on the same loop and components; on shutdown, which
+uvicorn runs after in-flight HTTP requests have completed, gRPC calls in flight finish, then
+the batcher runs anything still queued.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import redis.asyncio as redis
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 
 from services.jobs.service import JobService
 from shared.repository import ModelRepository
@@ -29,6 +31,8 @@ from .dataplane import DataPlane
 from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
+from .grpc_v2.server import GrpcServer
+from .grpc_v2.server import GrpcServer
 from .metrics import ApiMetrics, MetricsServer
 from .middleware import BodyLimit, RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder
@@ -76,6 +80,10 @@ def create_app(
     corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
     limiter = RateLimiter.from_settings(settings, served_log.client)
+    grpc_server = (GrpcServer(settings, dataplane, metrics, drain,
+                              authorize=lambda metadata: auth.authorize(
+                                  Headers(headers=metadata), "infer").id)
+                   if settings.grpc_enabled else None)
     metrics_server = MetricsServer(metrics.registry, settings.host, settings.metrics_listen_port)
 
     @asynccontextmanager
@@ -88,9 +96,14 @@ def create_app(
         await holder.start()
         for parts in compare.values():
             await parts.start()
+        if grpc_server is not None:
+            port = await grpc_server.start()
+            log.info("gRPC serving", extra={"port": port})
         try:
             yield
         finally:
+            if grpc_server is not None:  # drain gRPC calls while the batcher still runs
+                await grpc_server.stop()
             await batcher.stop()
             await holder.stop()
             segmenter.close()
@@ -120,6 +133,7 @@ def create_app(
     app.state.cache = cache
     app.state.segmenter = segmenter
     app.state.dataplane = dataplane
+    app.state.grpc = grpc_server
     app.state.compare_segmenters = {stage: parts.segmenter for stage, parts in compare.items()}
     app.state.served_log = served_log
     app.state.feedback = corrections

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, TypeVar
 
-from shared.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from shared.errors import ModelNotFound, ModelNotReady, NotFound, VersionNotFound
 
 from .admission import Deadline, oip_timeout
 from .model_holder import ModelHolder, ServedModel
@@ -160,10 +160,12 @@ class DataPlane:
                         "note": "send exactly one input: UINT8 pixels or BYTES encoded images"})
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        """True when the named model (and version) is loaded; `NotFound` for others."""
+        """True when the named model (and version) is loaded; False while it loads and for
+        models and versions this server does not serve (Triton answers `ready: false` there;
+        REST's route uses `served` and answers 404, as tritonclient.http expects)."""
         try:
             self.served(name, version)
-        except ModelNotReady:
+        except (ModelNotReady, NotFound):
             return False
         return True
 

@@ -10,7 +10,11 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-HTTP_LABELS = ("route", "method", "status", "version")
+HTTP_LABELS = ("route", "method", "status", "version", "protocol")
+"""`protocol` is `http` (REST) or `grpc`: gRPC calls are counted in the same series, with the
+full method name as `route`, `POST` as method and the HTTP status of the same error as
+`status` (`grpc_v2.status` maps them), so error-rate alerts and the rollout readout see both
+transports alike."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 IOU_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -23,10 +27,11 @@ class ApiMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
-            "maskfleet_http_requests", "HTTP requests by route template, method, status and "
-            "model version", HTTP_LABELS, registry=r)
+            "maskfleet_http_requests", "Requests (REST and gRPC) by route template, method, "
+            "status, model version and protocol", HTTP_LABELS, registry=r)
         self.http_duration = Histogram(
-            "maskfleet_http_request_duration_seconds", "HTTP request latency (server side)",
+            "maskfleet_http_request_duration_seconds", "Request latency, REST and gRPC "
+            "(server side)",
             HTTP_LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.http_in_flight = Gauge(
             "maskfleet_http_requests_in_flight", "Requests being processed (scrapes excluded)",

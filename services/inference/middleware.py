@@ -36,6 +36,8 @@ UNMATCHED = "unmatched"
 SCRAPE_PATH = "/metrics"
 CLIENT_CLOSED = 499
 """nginx's status for a request whose client closed the connection before the answer."""
+PROTOCOL = "http"
+"""The `protocol` label of REST requests (gRPC calls are counted as `grpc`)."""
 
 access = logging.getLogger("maskfleet.access")
 
@@ -104,7 +106,7 @@ class RequestContext:
                     await watcher
             m.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", UNMATCHED)
-            labels = (route, scope["method"], str(status), version)
+            labels = (route, scope["method"], str(status), version, PROTOCOL)
             elapsed = time.perf_counter() - started
             m.http_requests.labels(*labels).inc()
             m.http_duration.labels(*labels).observe(elapsed)

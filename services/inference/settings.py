@@ -81,6 +81,18 @@ class InferenceSettings(JobSettings):
     jobs_burst: int = Field(default=30, ge=1)
     """Job submissions one key may make at once before the per-minute rate applies."""
 
+    grpc_enabled: bool = True
+    """Serve the Open Inference Protocol v2 over gRPC too (Triton/KServe clients such as
+    `tritonclient.grpc`), in the same process and on the same model, batcher and limits."""
+
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """gRPC port (HTTP/2 cleartext, `inference.GRPCInferenceService` and `grpc.health.v1`);
+    Triton's default is 8001, KServe's 8081. 0 takes any free port (tests)."""
+
+    grpc_max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    """Most gRPC calls served at once; beyond it gRPC refuses calls with RESOURCE_EXHAUSTED
+    itself (the gRPC counterpart of `limit_concurrency`)."""
+
     batch_max_size: int = Field(default=16, ge=1, le=256)
     """Most images per model call; 8-32 is where this CPU reaches its ceiling."""
 

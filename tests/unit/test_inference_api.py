@@ -282,8 +282,8 @@ def test_metrics_describe_the_served_model_and_traffic(client):
         in text
     assert 'maskfleet_model_ready{model="unet",role="canary"} 1.0' in text
     assert 'maskfleet_model_eval_metric{metric="mean_iou",model="unet",version="1"} 0.1' in text
-    assert 'maskfleet_http_requests_total{method="POST",route="/v1/segment",status="200",' \
-           'version="1"}' in text
+    assert 'maskfleet_http_requests_total{method="POST",protocol="http",route="/v1/segment",' \
+           'status="200",version="1"}' in text
     assert 'route="/metrics"' not in text  # scrapes are not traffic
     assert "maskfleet_batch_size_bucket" in text
     assert "maskfleet_cache_misses_total" in text

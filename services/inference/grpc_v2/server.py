@@ -1,0 +1,97 @@
+"""The gRPC server: OIP v2 and `grpc.health.v1` on `grpc_port`, in the API's own process.
+
+Started and stopped by the app's lifespan (`..app`), on the same event loop as uvicorn, so
+both transports share the model holder, batcher, cache, codec pool and pixel budget. Limits
+gRPC enforces itself: `max_body_bytes` as the largest request message (RESOURCE_EXHAUSTED
+beyond), `max_header_bytes` as the metadata limit and `grpc_max_concurrent_rpcs`.
+
+Health (`grpc.health.v1.Health/Check`, what Kubernetes' `grpc` probes call) answers SERVING
+for the server (`""`) and `inference.GRPCInferenceService` while a model is loaded and the pod
+is not draining, NOT_SERVING otherwise, NOT_FOUND for other services. On shutdown every
+service turns NOT_SERVING, new calls are refused and calls in flight get up to
+`shutdown_timeout_seconds` to finish before the batcher stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..dataplane import DataPlane
+from ..drain import DrainMarker
+from ..metrics import ApiMetrics
+from ..settings import InferenceSettings
+from . import grpc_predict_v2_pb2_grpc as pb_grpc
+from .servicer import SERVICE, Authorize, Servicer
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """Readiness as gRPC health: recomputed on every Check from the data plane and the drain
+    marker, so probes see the same answer as REST's /readyz."""
+
+    def __init__(self, dataplane: DataPlane, drain: DrainMarker) -> None:
+        super().__init__()
+        self._dataplane = dataplane
+        self._drain = drain
+        self._stopping = False
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request.service in ("", SERVICE):
+            serving = not self._stopping and not self._drain.active() and self._dataplane.ready()
+            await self.set(request.service, SERVING if serving else NOT_SERVING)
+        return await super().Check(request, context)
+
+    async def stopping(self) -> None:
+        self._stopping = True
+        await self.enter_graceful_shutdown()
+
+
+class GrpcServer:
+    def __init__(self, settings: InferenceSettings, dataplane: DataPlane, metrics: ApiMetrics,
+                 drain: DrainMarker, authorize: Authorize | None = None) -> None:
+        self._settings = settings
+        self._health = Health(dataplane, drain)
+        self._servicer = Servicer(dataplane, metrics,
+                                  retry_after_seconds=settings.retry_after_seconds,
+                                  authorize=authorize)
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; the bound port (the setting's, or the OS's choice for 0)."""
+        s = self._settings
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", s.max_body_bytes),
+                     ("grpc.max_metadata_size", s.max_header_bytes),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for service in ("", SERVICE):
+            await self._health.set(service, NOT_SERVING)
+        port = int(server.add_insecure_port(f"{_host(s.host)}:{s.grpc_port}"))
+        if port == 0:
+            raise OSError(f"cannot bind the gRPC port {s.host}:{s.grpc_port}")
+        await server.start()
+        self._server, self.port = server, port
+        return port
+
+    async def stop(self) -> None:
+        """Refuse new calls, let those in flight finish (bounded), then close."""
+        if self._server is None:
+            return
+        await self._health.stopping()
+        await self._server.stop(self._settings.shutdown_timeout_seconds)
+        self._server = None
+
+
+def _host(host: str) -> str:
+    """gRPC wants IPv6 literals in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
