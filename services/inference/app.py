@@ -32,7 +32,6 @@ from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, RedisServedLog
 from .grpc_v2.server import GrpcServer
-from .grpc_v2.server import GrpcServer
 from .metrics import ApiMetrics, MetricsServer
 from .middleware import BodyLimit, RequestContext, StripPathPrefix
 from .model_holder import Loader, ModelHolder

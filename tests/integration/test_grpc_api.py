@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from services.inference.grpc_v2 import grpc_predict_v2_pb2 as pb
 from services.inference.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.integration.test_inference_support import metric, photo, start_api, url
+from tests.integration.test_security_api import create_key
 from tests.servers import Server, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.integration
@@ -225,6 +226,55 @@ def test_the_asyncio_client_works_unchanged(api):
     ready, mask = asyncio.run(run())
     assert ready
     assert mask.shape == (1, 16, 20)
+
+
+
+# --- API keys: metadata carries them, as tritonclient's `headers=` sends -----------------------
+
+@pytest.fixture(scope="module")
+def keyed_api(tiny_model_repo: Path, redis_server: Server,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+    workdir = tmp_path_factory.mktemp("grpc-keys")
+    keys_file = workdir / "keys.json"
+    keys = {key_id: create_key(keys_file, key_id, scopes)
+            for key_id, scopes in {"reader": "infer", "batch": "jobs"}.items()}
+    server = start_grpc_api(tiny_model_repo, workdir, f"redis://127.0.0.1:{redis_server.port}/0",
+                            api_keys_file=keys_file, ready_path="/healthz")
+    wait_until(lambda: grpc_serving(server), 60, "the keyed server's gRPC health")
+    yield server, keys
+    server.stop()
+
+
+def grpc_serving(server: Server) -> bool:
+    with grpc.insecure_channel(target(server)) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                           timeout=2)
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_api_keys_travel_as_metadata(keyed_api):
+    server, keys = keyed_api
+    tensor = [bytes_input([photo(13, (20, 20))])]
+    with triton.InferenceServerClient(target(server)) as c:
+        for call in (lambda **h: c.infer("unet", tensor, **h),
+                     lambda **h: c.is_server_ready(**h),
+                     lambda **h: c.get_model_metadata("unet", **h)):
+            with pytest.raises(InferenceServerException) as error:
+                call()
+            assert error.value.status() == "StatusCode.UNAUTHENTICATED"
+            with pytest.raises(InferenceServerException) as error:
+                call(headers={"authorization": "Bearer not-a-key"})
+            assert error.value.status() == "StatusCode.UNAUTHENTICATED"
+            with pytest.raises(InferenceServerException) as error:
+                call(headers={"authorization": f"Bearer {keys['batch']}"})
+            assert error.value.status() == "StatusCode.PERMISSION_DENIED"
+            assert "`infer` scope" in error.value.message()
+        for headers in ({"authorization": f"Bearer {keys['reader']}"},
+                        {"x-api-key": keys["reader"]}):
+            result = c.infer("unet", tensor, headers=headers)
+            assert result.as_numpy("mask").shape == (1, 20, 20)
+    assert metric(server, "maskfleet_http_requests_total", route=ROUTE, protocol="grpc",
+                  status="401") >= 2
 
 
 # --- the same guarantees as REST: deadlines, shedding, budgets, drain -------------------------

@@ -4,8 +4,9 @@ Every call goes through `Servicer._call`, the gRPC counterpart of REST's middlew
 handler: request id (the caller's `x-request-id` metadata or a new one, echoed in the initial
 metadata), authentication (every method needs the `infer` scope, as every /v2 route does: the
 API key travels as `authorization: Bearer <key>` or `x-api-key` metadata, which is what
-tritonclient's `headers=` sends; only `grpc.health.v1` is open, for probes), metrics (the same series as REST with `protocol="grpc"`) and the
-one mapping of errors to statuses (`status.py`). The caller's gRPC deadline
+tritonclient's `headers=` sends; only `grpc.health.v1` is open, for probes), metrics (the
+same series as REST with `protocol="grpc"`) and the one mapping of errors to statuses
+(`status.py`). The caller's gRPC deadline
 (`tritonclient`'s `client_timeout`) becomes the request deadline, so queued work is dropped
 when it passes, exactly as with REST's `X-Request-Timeout`.
 
