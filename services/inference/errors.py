@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from shared.errors import (
     InvalidRequest,
@@ -81,7 +82,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = RouteNotFound(f"no endpoint at {request.url.path}")
     elif exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        allowed = _allowed_methods(request)
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; "
+                                 f"allowed: {', '.join(allowed)}")
+        response = problem_response(request, error)
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
     elif exc.status_code == 413:  # middleware.BodyLimit
         error = PayloadTooLarge(str(exc.detail))
     else:
@@ -90,6 +96,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     response = problem_response(request, error)
     response.headers.update(exc.headers or {})
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's own 405 names only the first
+    route whose path matched, while GET and DELETE /v1/jobs/{id} are two routes."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

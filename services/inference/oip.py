@@ -20,7 +20,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +38,14 @@ BYTES = "BYTES"
 
 
 class TensorInput(BaseModel):
+    """One input tensor; the schema carries what JSON Schema can say (datatypes, dimension
+    counts and sizes), the parser the rest (data length = product of the shape)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    name: str
-    shape: list[int]
-    datatype: str
+    name: str = Field(max_length=256)
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=4)
+    datatype: Literal["UINT8", "BYTES"]
     parameters: dict[str, Any] = Field(default_factory=dict)
     data: list[Any] | None = None
 
@@ -50,14 +53,14 @@ class TensorInput(BaseModel):
 class TensorOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str
+    name: Literal["mask", "mask_png"]
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=256)
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[TensorInput] = Field(min_length=1, max_length=1)
     outputs: list[TensorOutput] | None = None

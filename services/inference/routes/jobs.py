@@ -41,6 +41,7 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
     responses={
         202: {"description": "Queued; poll the URL in the Location header"},
         **{status: {"description": title, **_PROBLEM} for status, title in (
+            (400, "The body is not JSON"),
             (401, "No or unknown API key"), (403, "Key lacks `jobs`; storage rule refused"),
             (404, "Unknown model version or stage"), (409, "Output in use by another job"),
             (413, "Too many images"), (422, "Bad URIs, no images, colliding outputs"),
@@ -58,7 +59,8 @@ def submit_job(body: JobRequest, jobs: JobsDep, response: Response,
 @router.get(
     "/{job_id}",
     summary="A job's state, progress, first per-item errors and manifest URI",
-    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
+    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM},
+               503: {"description": "Job store unreachable", **_PROBLEM}},
 )
 def get_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
     return jobs.status(job_id, viewer(caller))
@@ -67,7 +69,8 @@ def get_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
 @router.delete(
     "/{job_id}",
     summary="Cancel a job: chunks that have not started are skipped",
-    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM}},
+    responses={404: {"description": "Unknown, expired or another caller's job", **_PROBLEM},
+               503: {"description": "Job store unreachable", **_PROBLEM}},
 )
 def cancel_job(job_id: str, jobs: JobsDep, caller: JobsCaller) -> JobStatus:
     return jobs.cancel(job_id, viewer(caller))

@@ -55,7 +55,9 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
             (400, "Empty body, malformed multipart"), (401, "No or unknown API key"),
             (403, "The key lacks the `infer` scope"), (413, "Too many bytes or pixels"),
             (404, "`stage` not served by this API"), (415, "Not JPEG/PNG"),
-            (422, "Undecodable image"), (503, "Model not loaded"))},
+            (422, "Undecodable or truncated image, bad X-Request-Timeout"),
+            (503, "Model not loaded, or the server is at capacity (Retry-After)"),
+            (504, "The request deadline passed"))},
     },
 )
 async def segment(

@@ -18,12 +18,56 @@ from ..auth import RequireScope
 from ..body import read_body
 from ..dataplane import InferRequest, InferResponse, ModelMetadata
 from ..deps import DataPlaneDep, RequestIdDep
-from ..oip import HEADER_LENGTH, parse_request, render_json
+from ..oip import HEADER_LENGTH, InferenceRequest, parse_request, render_json
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"],
                    dependencies=[Depends(RequireScope("infer"))])
 """Every /v2 route, metadata and health included, needs `infer`: only /healthz and /readyz
 are public (Kubernetes probes use those)."""
+
+_TITLES = {400: "Malformed inference request (JSON, tensor shapes or data)",
+           404: "Unknown model or version", 413: "Too many bytes, images or pixels",
+           415: "Compressed body", 422: "Undecodable image, bad X-Request-Timeout",
+           503: "Model not loaded yet, or the server is at capacity (Retry-After)",
+           504: "The request deadline passed"}
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` substituted in place: OpenAPI resolves `$ref`
+    against the whole document, where `#/$defs/...` does not exist."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": _TITLES[status],
+                     "content": {"application/problem+json": {}}} for status in statuses}
+
+
+_INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inlined(InferenceRequest.model_json_schema())},
+    "application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "Triton's binary tensor extension: the JSON header (its length in "
+                       "the Inference-Header-Content-Length header), then raw tensor bytes"}},
+}}}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The outputs (`mask` and/or `mask_png`); binary data follows the "
+                         "JSON header when asked for",
+          "content": {"application/json": {}, "application/octet-stream": {}}},
+    **_problems(400, 404, 413, 415, 422, 503, 504)}
 
 
 @router.get("", summary="Server metadata")
@@ -37,7 +81,8 @@ async def live(dataplane: DataPlaneDep) -> dict[str, bool]:
     return {"live": dataplane.live()}
 
 
-@router.get("/health/ready", summary="Server readiness (503 until the model is warm)")
+@router.get("/health/ready", summary="Server readiness (503 until the model is warm)",
+            responses=_problems(503))
 async def ready(dataplane: DataPlaneDep) -> dict[str, bool]:
     dataplane.require_ready()
     return {"ready": True}
@@ -52,36 +97,41 @@ def _metadata(meta: ModelMetadata) -> dict[str, Any]:
             "parameters": meta.parameters}
 
 
-@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}", summary="Model metadata",
+            responses=_problems(404, 503))
 async def model_metadata(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     return _metadata(dataplane.model_metadata(name, None))
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata",
+            responses=_problems(404, 503))
 async def version_metadata(name: str, version: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     return _metadata(dataplane.model_metadata(name, version))
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/ready", summary="Model readiness",
+            responses=_problems(404, 503))
 async def model_ready(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     served = dataplane.served(name, None)
     return {"name": served.name, "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness",
+            responses=_problems(404, 503))
 async def version_ready(name: str, version: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     served = dataplane.served(name, version)
     return {"name": served.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", summary="Inference", response_class=Response)
+@router.post("/models/{name}/infer", summary="Inference", response_class=Response,
+             openapi_extra=_INFER_BODY, responses=_INFER_RESPONSES)
 async def infer(name: str, request: Request, dataplane: DataPlaneDep,
                 request_id: RequestIdDep) -> Response:
     return await _infer(request, name, None, dataplane, request_id)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version",
-             response_class=Response)
+             response_class=Response, openapi_extra=_INFER_BODY, responses=_INFER_RESPONSES)
 async def infer_version(name: str, version: str, request: Request, dataplane: DataPlaneDep,
                         request_id: RequestIdDep) -> Response:
     return await _infer(request, name, version, dataplane, request_id)
