@@ -266,7 +266,8 @@ def test_inference_variants_follow_their_stage(defaults: list[Manifest]) -> None
         assert "MASKFLEET_MODEL_VERSION" not in env
         assert env["MASKFLEET_PORT"] == "8080"
         assert c["command"] == ["python", "-m", "services.inference"]
-        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                              {"name": "grpc", "containerPort": 8081, "protocol": "TCP"}]
 
 
 def test_a_pinned_version_wins_over_the_stage(render: Any) -> None:

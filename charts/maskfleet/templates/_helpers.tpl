@@ -342,6 +342,13 @@ true
 {{- include "maskfleet.crdEnabled" (dict "ctx" . "enabled" .Values.httpRoute.enabled "kind" "gateway.networking.k8s.io/v1/HTTPRoute") -}}
 {{- end -}}
 
+{{/* "true" when the GRPCRoute is rendered (grpcRoute.enabled, auto = GRPCRoute served; gRPC on). */}}
+{{- define "maskfleet.grpcRoute.enabled" -}}
+{{- if .Values.inference.grpc.enabled -}}
+{{- include "maskfleet.crdEnabled" (dict "ctx" . "enabled" .Values.grpcRoute.enabled "kind" "gateway.networking.k8s.io/v1/GRPCRoute") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Name of the HTTPRoute holding the weighted stable/canary split of the main path. */}}
 {{- define "maskfleet.trafficRoute.name" -}}
 {{- printf "%s-traffic" (include "maskfleet.fullname" .) -}}
