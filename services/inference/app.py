@@ -30,7 +30,7 @@ from .codec import CodecPool
 from .dataplane import DataPlane
 from .drain import DrainMarker
 from .errors import install_error_handlers
-from .feedback import Feedback, RedisServedLog
+from .feedback import Feedback, KeptAnswers, RedisServedLog, ServedAnswers
 from .grpc_v2.server import GrpcServer
 from .metrics import ApiMetrics, MetricsServer
 from .middleware import BodyLimit, RequestContext, StripPathPrefix
@@ -76,7 +76,8 @@ def create_app(
     compare = _compare_segmenters(settings, repository, loader, cache, budget)
     dataplane = DataPlane(settings, holder, segmenter)
     served_log = RedisServedLog.from_settings(settings, redis_client)
-    corrections = Feedback(served_log, metrics, uri=settings.feedback_uri)
+    kept = KeptAnswers.from_settings(settings, served_log.client)
+    corrections = Feedback(ServedAnswers(served_log, kept), metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
     limiter = RateLimiter.from_settings(settings, served_log.client)
     grpc_server = (GrpcServer(settings, dataplane, metrics, drain,
@@ -108,6 +109,7 @@ def create_app(
             segmenter.close()
             for parts in compare.values():
                 await parts.stop()
+            await kept.close()
             await served_log.close()
             await cache.close()
             metrics_server.stop()
@@ -135,6 +137,7 @@ def create_app(
     app.state.grpc = grpc_server
     app.state.compare_segmenters = {stage: parts.segmenter for stage, parts in compare.items()}
     app.state.served_log = served_log
+    app.state.kept = kept
     app.state.feedback = corrections
     app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
     install_error_handlers(app)

@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from .dataplane import DataPlane
 from .drain import DrainMarker
-from .feedback import Feedback, ServedLog
+from .feedback import Feedback, KeptAnswers, ServedLog
 from .metrics import ApiMetrics
 from .model_holder import ModelHolder
 from .pipeline import Segmenter
@@ -61,6 +61,11 @@ async def get_served_log(request: Request) -> ServedLog:
     return served_log
 
 
+async def get_kept(request: Request) -> KeptAnswers:
+    kept: KeptAnswers = request.app.state.kept
+    return kept
+
+
 async def get_feedback(request: Request) -> Feedback:
     feedback: Feedback = request.app.state.feedback
     return feedback
@@ -79,5 +84,6 @@ SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 CompareSegmentersDep = Annotated[dict[str, Segmenter], Depends(get_compare_segmenters)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 ServedLogDep = Annotated[ServedLog, Depends(get_served_log)]
+KeptDep = Annotated[KeptAnswers, Depends(get_kept)]
 FeedbackDep = Annotated[Feedback, Depends(get_feedback)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

@@ -235,6 +235,21 @@ class InferenceSettings(JobSettings):
     """Where corrected pairs are stored, in the dataset layout: `<dataset>/feedback`, the
     prefix the retraining loader reads (the default is that of `make run`'s `./var/data`)."""
 
+    feedback_keep_ttl_seconds: int = Field(default=7 * 86400, ge=60, le=90 * 86400)
+    """How long an answer kept durably (`/v1/segment?keep=true`, or sampled by
+    `feedback_keep_sample_rate`) can still receive its correction: days, for a person painting
+    in the web page, where the Redis log keeps answers for seconds under load."""
+
+    feedback_keep_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of the answers not asked to be kept that are kept durably all the same (e.g. to
+    collect corrections from clients that correct later); 0 keeps only those asked for."""
+
+    feedback_keep_max_entries: int = Field(default=10_000, ge=1)
+    """Most answers kept durably at once, the oldest deleted first."""
+
+    feedback_keep_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    """Most bytes (images plus served masks) kept durably at once, the oldest deleted first."""
+
     compare_stage: Stage | None = None
     """A second stage this process also loads and serves on `/v1/segment?stage=<stage>`, for
     the web page's compare view where no gateway splits traffic (a laptop, `make run`). In a

@@ -79,12 +79,14 @@ def test_segment_correct_send_and_compare(page: Page, ui_stack: UiStack,
     expect(page.locator("#sample-list button")).to_have_count(4)
     shot(page, artifacts, "01-loaded")
 
-    # upload an image: the mask appears over it, with what answered it
+    # upload an image, asking the API to keep the answer for days
+    page.locator("#keep").check()
     page.set_input_files("#file", str(SAMPLE))
     expect(page.locator("#overlay")).to_have_attribute("data-request-id", re.compile(".+"))
     expect(page.locator("#info-model")).to_have_text("unet version 1")
     expect(page.locator("#info-cache")).to_contain_text(re.compile("hit|miss"))
     expect(page.locator("#info-latency")).to_contain_text("ms")
+    expect(page.locator("#info-kept")).to_have_text("kept for correction for 7 days")
     shot(page, artifacts, "02-overlay")
 
     shown = canvas_classes(page, "overlay")

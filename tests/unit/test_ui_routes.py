@@ -96,6 +96,7 @@ def test_the_page_config_says_what_this_api_offers(client):
         "model": {"name": "unet", "version": 1, "stage": "production"},
         "compare": {"stage": "candidate", "header": "X-Maskfleet-Variant",
                     "stable": "stable", "canary": "canary"},
+        "keep": {"enabled": True, "ttl_seconds": 7 * 86400},
     }
 
 

@@ -6,7 +6,9 @@ per model version, the live quality the rollout compares) and stored with the or
 in the dataset layout under the feedback prefix, where the next retraining picks it up.
 """
 
+from .answers import ServedAnswers
 from .corrections import Feedback, FeedbackReceipt, mask_iou
+from .kept import KeptAnswers
 from .served import (
     AlreadyCorrected,
     FeedbackUnavailable,
@@ -21,8 +23,10 @@ __all__ = [
     "Feedback",
     "FeedbackReceipt",
     "FeedbackUnavailable",
+    "KeptAnswers",
     "RedisServedLog",
     "RequestNotKept",
+    "ServedAnswers",
     "ServedLog",
     "ServedMask",
     "mask_iou",

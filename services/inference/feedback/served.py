@@ -76,8 +76,9 @@ return math.max(over, 0)
 """
 
 # 1 = claimed now, 0 = claimed before, nil = no such entry (unknown, expired or dropped).
+# ARGV[3] = 0 claims without an entry in Redis: an answer kept durably (kept.py).
 _CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return 1 end
 return 0
 """
@@ -275,16 +276,21 @@ class RedisServedLog:
         served = ServedMask.from_bytes(raw)
         if served.caller != caller:
             return None
+        await self.refuse_corrected(served)
+        return served
+
+    async def refuse_corrected(self, served: ServedMask) -> None:
+        """409 when that answer (same model, version and image) was corrected already."""
         if await self._call(self._client.exists(claim_key(served))):
             raise AlreadyCorrected("this answer (same model version and image) already "
                                    "received a corrected mask")
-        return served
 
-    async def claim(self, served: ServedMask) -> None:
-        """Mark the answer as corrected, exactly once even when two corrections race."""
+    async def claim(self, served: ServedMask, *, kept_here: bool = True) -> None:
+        """Mark the answer as corrected, exactly once even when two corrections race;
+        `kept_here=False` for an answer found in durable storage, not in this log."""
         outcome = await self._call(self._client.eval(  # type: ignore[no-untyped-call]
             _CLAIM, 2, entry_key(served.token), claim_key(served), served.token,
-            CLAIM_TTL_SECONDS))
+            CLAIM_TTL_SECONDS, "1" if kept_here else "0"))
         if outcome is None:
             raise RequestNotKept()
         if int(outcome) == 0:

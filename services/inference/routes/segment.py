@@ -14,6 +14,7 @@ from ..auth import InferCaller
 from ..body import IMAGE_FIELD, read_image
 from ..deps import (
     CompareSegmentersDep,
+    KeptDep,
     RequestIdDep,
     SegmenterDep,
     ServedLogDep,
@@ -29,6 +30,8 @@ from ..settings import InferenceSettings
 router = APIRouter(tags=["segment"])
 
 FEEDBACK_TOKEN = "X-Feedback-Token"
+FEEDBACK_KEPT = "X-Feedback-Kept"
+"""`durable` when the answer is kept in storage for days, `short` when only in the Redis log."""
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -65,6 +68,7 @@ async def segment(
     segmenter: SegmenterDep,
     settings: SettingsDep,
     served_log: ServedLogDep,
+    kept: KeptDep,
     request_id: RequestIdDep,
     compare: CompareSegmentersDep,
     caller: InferCaller,
@@ -77,6 +81,9 @@ async def segment(
                     "for the web page's compare view); 404 for any other stage. In a "
                     "cluster, reach the canary with the gateway's variant header instead.")
     ] = None,
+    keep: Annotated[bool, Query(
+        description="Keep this answer durably (storage, `MASKFLEET_FEEDBACK_KEEP_TTL_SECONDS`, "
+                    "7 days by default) so that its correction may come hours later")] = False,
 ) -> Response:
     if stage is not None and stage != _own_stage(settings):
         if stage not in compare:
@@ -89,15 +96,16 @@ async def segment(
     image = await read_image(request, settings.max_body_bytes)
     answer = await segmenter.segment(image, deadline)
     drawn = new_token()
-    token: str | None = drawn
-    if not served_log.remember(ServedMask(
-            drawn, caller.id, request_id, answer.model, answer.version, image,
-            answer.image_sha256, answer.mask.png, answer.cached)):
-        token = None
+    served = ServedMask(drawn, caller.id, request_id, answer.model, answer.version, image,
+                        answer.image_sha256, answer.mask.png, answer.cached)
+    logged = served_log.remember(served)
+    durable = kept.keep(served, asked=keep)
+    token = drawn if logged or durable else None
     headers = {"X-Model-Version": str(answer.version),
                "X-Cache": "hit" if answer.cached else "miss"}
     if token is not None:
         headers[FEEDBACK_TOKEN] = token
+        headers[FEEDBACK_KEPT] = "durable" if durable else "short"
     if _wants_json(format, request.headers.get("accept", "")):
         body = _as_json(answer, request_id, token).model_dump_json()
         return Response(body, media_type="application/json", headers=headers)

@@ -57,11 +57,17 @@ class CompareInfo(BaseModel):
     canary: str
 
 
+class KeepInfo(BaseModel):
+    enabled: bool = Field(description="`/v1/segment?keep=true` keeps an answer in storage")
+    ttl_seconds: int = Field(description="How long a kept answer can receive its correction")
+
+
 class PageConfig(BaseModel):
     """`GET /ui/config.json`: what the page shows and offers, for this API instance."""
 
     model: ModelInfo | None
     compare: CompareInfo
+    keep: KeepInfo
 
 
 class SecuredStatic(StaticFiles):
@@ -90,6 +96,7 @@ async def page_config(holder: HolderDep, settings: SettingsDep,
         compare=CompareInfo(stage=next(iter(compare), None), header=settings.ui_variant_header,
                             stable=settings.ui_variant_values[0],
                             canary=settings.ui_variant_values[1]),
+        keep=KeepInfo(enabled=True, ttl_seconds=settings.feedback_keep_ttl_seconds),
     )
     return Response(config.model_dump_json(), media_type="application/json",
                     headers=SECURITY_HEADERS)

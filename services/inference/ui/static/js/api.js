@@ -91,6 +91,7 @@ export async function segment(image, { stage = null, variant = null, keep = fals
     model: body.model,
     version: body.version,
     cached: body.cached,
+    // "durable" (kept in storage for days), "short" (seconds to minutes), null (not kept)
     kept: response.headers.get("X-Feedback-Kept"),
     width: body.width,
     height: body.height,
@@ -100,11 +101,12 @@ export async function segment(image, { stage = null, variant = null, keep = fals
   };
 }
 
-/** Send a corrected trimap PNG for an answer; resolves to the receipt ({iou, version, ...}). */
+/**
+ * Send a corrected trimap PNG for an answer, named by its feedback token (which the API binds
+ * to the key that received it); resolves to the receipt ({iou, version, ...}).
+ */
 export async function sendFeedback(answer, png) {
-  // APIs that issue feedback tokens name the answer by its token; older ones by request id.
-  const query = new URLSearchParams(answer.feedbackToken
-    ? { feedback_token: answer.feedbackToken } : { request_id: answer.requestId });
+  const query = new URLSearchParams({ feedback_token: answer.feedbackToken });
   const headers = { "Content-Type": "image/png" };
   const response = await call(`v1/feedback?${query}`, { method: "POST", body: png, headers });
   return response.json();

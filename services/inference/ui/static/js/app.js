@@ -106,7 +106,7 @@ function updateLegend() {
   $("undo").disabled = !editor.undoStack.length;
   $("redo").disabled = !editor.redoStack.length;
   $("reset").disabled = !editor.edited;
-  $("send").disabled = !state.answer || !editor.edited;
+  $("send").disabled = !state.answer?.feedbackToken || !editor.edited;
 }
 
 function setOpacity() {
@@ -185,6 +185,7 @@ async function segmentImage(blob, label) {
     $("info-latency").textContent = `${Math.round(answer.latencyMs)} ms`;
     $("info-cache").textContent = answer.cached ? "hit (answered from the cache)" : "miss (the model ran)";
     $("info-request").textContent = answer.requestId;
+    $("info-kept").textContent = keptText(answer);
     $("overlay").dataset.requestId = answer.requestId;
     say("status", `${label}: ${mask.width}×${mask.height}. Paint to correct the mask, then send the correction.`);
     $("compare-run").disabled = false;
@@ -193,6 +194,16 @@ async function segmentImage(blob, label) {
   } finally {
     delete document.body.dataset.busy;
   }
+}
+
+function keptText(answer) {
+  if (!answer.feedbackToken) return "not kept: this answer cannot be corrected (tick “keep” and segment again)";
+  if (answer.kept === "durable") {
+    const days = (state.config?.keep?.ttl_seconds ?? 0) / 86400;
+    return days >= 1 ? `kept for correction for ${Math.round(days * 10) / 10} days`
+      : `kept for correction for ${Math.round(days * 24 * 10) / 10} hours`;
+  }
+  return "kept briefly: send the correction soon, or tick “keep” to keep it for days";
 }
 
 function acceptFile(file) {
