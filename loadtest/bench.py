@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from loadtest import servers
 from loadtest.baseline import request_body
 from loadtest.batch import run_job, write_inputs
 from loadtest.ceiling import Ceiling, measure_ceiling
-from loadtest.http_load import run_wrk
+from loadtest.grpc_load import bytes_request, frame, grpc_failures, pixels_request, run_h2load
+from loadtest.http_load import LoadResult, run_wrk
 from loadtest.images import pet_image
 from loadtest.profiling import Profiler
 from loadtest.report import Figure, Report
@@ -42,7 +46,8 @@ from shared.repository import ModelRepository, VersionMetadata
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("api", "cache", "baseline", "batch", "training")
+SECTIONS = ("api", "grpc", "cache", "baseline", "batch", "training")
+GRPC_CONCURRENCY = (8, 32)
 API_TARGET = 0.85
 CACHE_TARGET = 10.0
 P99_TARGET = 3.0
@@ -107,29 +112,65 @@ class Bench:
             if self.warmup_seconds > 0:
                 run_wrk(url, body, content_type=content_type, connections=connections,
                         seconds=self.warmup_seconds)
-            batches = _batch_sizes(metrics)
-            with self.around() as nearby:
-                cpu = _cpu([server, *also])
-                with self.profiler.record(server.pid, f"{section}-c{connections}",
-                                          self.load_seconds):
-                    result = run_wrk(url, body, content_type=content_type,
-                                     connections=connections, seconds=self.load_seconds)
-                cpu = _cpu([server, *also]) - cpu
-            f = self.figure(section, f"{label} c={connections}", result.per_second, cpu,
-                            result.requests, nearby[0])
-            f.p50_ms, f.p95_ms, f.p99_ms = result.p50_ms, result.p95_ms, result.p99_ms
-            f.extra.update(requests=result.requests, errors=result.errors,
-                           seconds=round(result.seconds, 2), mean_ms=result.mean_ms,
-                           max_ms=result.max_ms,
-                           p99_x_batch1_latency=result.p99_ms / self.ceiling.batch1_latency_ms)
-            if metrics:
-                (images, calls), (images0, calls0) = _batch_sizes(metrics), batches
-                f.extra["mean_batch_size"] = round((images - images0) / max(calls - calls0, 1), 2)
-            figures[connections] = self.report.add(f)
-            log.warning("%s c=%d: %.1f/s (x%.2f) p99 %.1f ms, %.2f cpu ms, batch %s", section,
-                        connections, result.per_second, f.ratio_to_ceiling, result.p99_ms,
-                        f.cpu_ms, f.extra.get("mean_batch_size"))
+
+            def one(c: int = connections) -> LoadResult:
+                return run_wrk(url, body, content_type=content_type, connections=c,
+                               seconds=self.load_seconds)
+
+            figures[connections] = self._record(section, label, connections, one, server,
+                                                also, metrics)
         return figures
+
+    def load_grpc(self, section: str, label: str, body: bytes, api: servers.Process,
+                  concurrency: Sequence[int]) -> dict[int, Figure]:
+        """h2load (`ModelInfer` frames) at each concurrency; errors are the API's own count
+        of non-OK gRPC answers, since h2load sees only HTTP statuses."""
+        assert api.grpc_port is not None
+        metrics = f"{api.url}/metrics"
+        figures = {}
+        for streams in concurrency:
+            seen: dict[str, float] = {}
+
+            def one(c: int = streams, seen: dict[str, float] = seen) -> LoadResult:
+                assert api.grpc_port is not None
+                before = grpc_failures(metrics)
+                result = run_h2load(api.grpc_port, body, concurrency=c,
+                                    seconds=self.load_seconds,
+                                    warmup_seconds=self.warmup_seconds)
+                after = grpc_failures(metrics)
+                seen.update({k: v - before.get(k, 0.0) for k, v in after.items()
+                             if v > before.get(k, 0.0)})
+                return replace(result, errors=result.errors + round(sum(seen.values())))
+
+            f = self._record(section, label, streams, one, api, (), metrics)
+            f.extra["grpc_errors_by_status"] = seen
+            figures[streams] = f
+        return figures
+
+    def _record(self, section: str, label: str, connections: int,
+                run: Callable[[], LoadResult], server: servers.Process,
+                also: Sequence[servers.Process], metrics: str | None) -> Figure:
+        batches = _batch_sizes(metrics)
+        with self.around() as nearby:
+            cpu = _cpu([server, *also])
+            with self.profiler.record(server.pid, f"{section}-c{connections}",
+                                      self.load_seconds):
+                result = run()
+            cpu = _cpu([server, *also]) - cpu
+        f = self.figure(section, f"{label} c={connections}", result.per_second, cpu,
+                        result.requests, nearby[0])
+        f.p50_ms, f.p95_ms, f.p99_ms = result.p50_ms, result.p95_ms, result.p99_ms
+        f.extra.update(requests=result.requests, errors=result.errors,
+                       seconds=round(result.seconds, 2), mean_ms=result.mean_ms,
+                       max_ms=result.max_ms,
+                       p99_x_batch1_latency=result.p99_ms / self.ceiling.batch1_latency_ms)
+        if metrics:
+            (images, calls), (images0, calls0) = _batch_sizes(metrics), batches
+            f.extra["mean_batch_size"] = round((images - images0) / max(calls - calls0, 1), 2)
+        log.warning("%s c=%d: %.1f/s (x%.2f) p99 %.1f ms, %.2f cpu ms, batch %s", section,
+                    connections, result.per_second, f.ratio_to_ceiling, result.p99_ms,
+                    f.cpu_ms, f.extra.get("mean_batch_size"))
+        return self.report.add(f)
 
 
 def _batch_sizes(metrics: str | None) -> tuple[float, float]:
@@ -186,6 +227,27 @@ def _api_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
         limit = P99_TARGET * bench.ceiling.batch1_latency_ms
         f.target = f"p99 <= {P99_TARGET:g} x batch-1 latency ({limit:.0f} ms)"
         f.met = f.p99_ms is not None and f.p99_ms <= limit
+
+
+def _grpc_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
+    """REST and gRPC side by side on one API, cache off: /v1/segment with the JPEG (wrk), then
+    `ModelInfer` with the same JPEG as a BYTES tensor and with its decoded pixels as a UINT8
+    tensor (h2load), PNG masks back in every case."""
+    jpeg = ws.jpeg.read_bytes()
+    pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    concurrency = [c for c in bench.concurrency if c in GRPC_CONCURRENCY] or \
+        list(GRPC_CONCURRENCY)
+    rest = Bench(**{**bench.__dict__, "concurrency": concurrency})
+    with servers.running(servers.start_api(ws.logs, models=ws.models, redis_url=redis_url,
+                                           cache=False, extra_env=bench.api_env)) as api:
+        _check_segment(api.url, jpeg, "miss")
+        rest.load("grpc", "REST segment 500x375 JPEG -> PNG", f"{api.url}/v1/segment",
+                  ws.jpeg, "image/jpeg", api, metrics=f"{api.url}/metrics")
+        for label, body in (
+                ("gRPC ModelInfer BYTES 500x375 JPEG -> mask_png", frame(bytes_request(jpeg))),
+                ("gRPC ModelInfer UINT8 500x375 pixels -> mask_png",
+                 frame(pixels_request(pixels)))):
+            bench.load_grpc("grpc", label, body, api, concurrency)
 
 
 def _cache_section(bench: Bench, api: servers.Process, redis: servers.Process,
@@ -301,6 +363,11 @@ def _context(wanted: list[str], api_env: list[str]) -> dict[str, object]:
         "cpu_ms": "server CPU per request (API or worker threads, plus Redis for cache hits); "
                   "x_ceil_cpu = ceiling CPU per image / cpu_ms",
         "api": "cache off (MASKFLEET_CACHE_ENABLED=false): every request runs the model",
+        "grpc": "one API, cache off: REST /v1/segment (wrk) beside gRPC ModelInfer with BYTES "
+                "and UINT8 tensors (h2load, nghttp2's C HTTP/2 generator: one connection, "
+                "c streams, as one gRPC channel; ghz is not packaged here, and a Python gRPC "
+                "client would spend as much CPU as the server); errors from the API's count "
+                "of non-OK gRPC answers",
         "sections": wanted,
         "api_env": api_env,
     }
@@ -322,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
             if "api" in wanted:
                 _api_section(bench, ws, redis_url)
+            if "grpc" in wanted:
+                _grpc_section(bench, ws, redis_url)
             if "cache" in wanted or "batch" in wanted:
                 with servers.running(servers.start_api(
                         ws.logs, models=ws.models, redis_url=redis_url, cache=True,

@@ -54,6 +54,8 @@ class Process:
     log: Path
     env: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    grpc_port: int | None = None
+    """The API's gRPC port (a free one, never the fixed 8081)."""
 
     @property
     def pid(self) -> int:
@@ -125,15 +127,16 @@ def start_redis(logs: Path) -> Process:
 def start_api(logs: Path, *, models: Path, redis_url: str, cache: bool,
               extra_env: Mapping[str, str] | None = None) -> Process:
     """`python -m services.inference` following the `production` stage of `models`."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {**_common_env(), "MASKFLEET_HOST": "127.0.0.1", "MASKFLEET_PORT": str(port),
-           "MASKFLEET_MODEL_REPOSITORY": str(models), "MASKFLEET_CACHE_REDIS_URL": redis_url,
+           "MASKFLEET_GRPC_PORT": str(grpc_port), "MASKFLEET_MODEL_REPOSITORY": str(models),
+           "MASKFLEET_CACHE_REDIS_URL": redis_url,
            "MASKFLEET_STATE_REDIS_URL": redis_url,
            "MASKFLEET_CACHE_ENABLED": str(cache).lower(), "MASKFLEET_STAGE_POLL_SECONDS": "0",
            "MASKFLEET_CACHE_DIR": str(logs / "api-cache"), **(extra_env or {})}
     name = f"api-cache-{'on' if cache else 'off'}"
     api = Process(name, [sys.executable, "-m", "services.inference"], port,
-                  logs / f"{name}.log", env)
+                  logs / f"{name}.log", env, grpc_port=grpc_port)
     return api.start(lambda: http_ok(f"{api.url}/readyz"))
 
 

@@ -5,7 +5,8 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
-command -v wrk >/dev/null || need+=(wrk)  # `make bench` load generator
+command -v wrk >/dev/null || need+=(wrk)  # `make bench` load generator (REST)
+command -v h2load >/dev/null || need+=(nghttp2-client)  # `make bench` load generator (gRPC)
 command -v chromium >/dev/null || need+=(chromium)  # the web page's browser tests (Playwright)
 # Debian's own python3.11 ships venv/ensurepip separately
 python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)

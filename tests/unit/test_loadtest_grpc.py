@@ -1,0 +1,35 @@
+"""The gRPC load generator's wire format and log parsing (h2load itself runs in `make bench`)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from loadtest.grpc_load import bytes_request, frame, parse_log, pixels_request
+from services.inference.grpc_v2 import grpc_predict_v2_pb2 as pb
+
+
+def test_frames_are_grpc_length_prefixed_messages():
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    body = frame(pixels_request(pixels))
+    compressed, length = struct.unpack(">BI", body[:5])
+    assert (compressed, length) == (0, len(body) - 5)
+    request = pb.ModelInferRequest.FromString(body[5:])
+    assert list(request.inputs[0].shape) == [1, 2, 3, 3]
+    assert request.raw_input_contents[0] == pixels.tobytes()
+    encoded = pb.ModelInferRequest.FromString(frame(bytes_request(b"jpeg"))[5:])
+    assert encoded.raw_input_contents[0] == struct.pack("<I", 4) + b"jpeg"
+    assert [o.name for o in encoded.outputs] == ["mask_png"]
+
+
+def test_the_log_gives_throughput_and_percentiles_without_abandoned_streams():
+    start = 1_000_000_000
+    rows = [f"{start + i * 100_000}\t200\t{(i + 1) * 1000}" for i in range(100)]
+    rows += [f"{start + 9_000_000}\t-1\t5000000", f"{start}\t503\t2000"]
+    result = parse_log("\n".join(rows) + "\n", 8)
+    assert result.requests == 101
+    assert result.errors == 1
+    assert result.p50_ms == np.percentile([*range(1, 101), 2], 50)
+    assert result.max_ms == 100.0
+    assert result.seconds == 10.0  # first start to last end
