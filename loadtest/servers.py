@@ -133,7 +133,10 @@ def start_api(logs: Path, *, models: Path, redis_url: str, cache: bool,
            "MASKFLEET_CACHE_REDIS_URL": redis_url,
            "MASKFLEET_STATE_REDIS_URL": redis_url,
            "MASKFLEET_CACHE_ENABLED": str(cache).lower(), "MASKFLEET_STAGE_POLL_SECONDS": "0",
-           "MASKFLEET_CACHE_DIR": str(logs / "api-cache"), **(extra_env or {})}
+           "MASKFLEET_CACHE_DIR": str(logs / "api-cache"),
+           # batch jobs may read and write the bench workspace only (docs/security.md)
+           "MASKFLEET_JOB_INPUT_PREFIXES": str(logs.parent),
+           "MASKFLEET_JOB_OUTPUT_PREFIXES": str(logs.parent), **(extra_env or {})}
     name = f"api-cache-{'on' if cache else 'off'}"
     api = Process(name, [sys.executable, "-m", "services.inference"], port,
                   logs / f"{name}.log", env, grpc_port=grpc_port)

@@ -29,6 +29,11 @@ export MASKFLEET_HOST=${MASKFLEET_HOST:-127.0.0.1}
 export MASKFLEET_PORT=$API_PORT
 # Prometheus /metrics on its own port, as in production (never on the API port)
 export MASKFLEET_METRICS_PORT=${MASKFLEET_METRICS_PORT:-9090}
+# Batch jobs: read the dataset's images or ./var/jobs/in, write ./var/masks or ./var/jobs/out;
+# never the dataset itself (docs/security.md)
+export MASKFLEET_JOB_INPUT_PREFIXES=${MASKFLEET_JOB_INPUT_PREFIXES:-./var/data/images,./var/jobs/in}
+export MASKFLEET_JOB_OUTPUT_PREFIXES=${MASKFLEET_JOB_OUTPUT_PREFIXES:-./var/masks,./var/jobs/out}
+export MASKFLEET_JOB_PROTECTED_PREFIXES=${MASKFLEET_JOB_PROTECTED_PREFIXES:-./var/data,./var/models}
 
 pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 
@@ -112,7 +117,7 @@ cmd_stop() {
 }
 
 cmd_start() {
-  mkdir -p "$RUN" "$LOG"
+  mkdir -p "$RUN" "$LOG" var/jobs/in var/jobs/out var/masks
   [ -x "$PY" ] || { echo "no $PY: run 'make install' first" >&2; exit 1; }
 
   if running redis; then

@@ -139,7 +139,8 @@ def create_app(
     app.state.served_log = served_log
     app.state.kept = kept
     app.state.feedback = corrections
-    app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc)
+    app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc,
+                                              protected=settings.feedback_protected)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        limits={jobs.router.prefix: settings.max_json_body_bytes})

@@ -302,6 +302,14 @@ class InferenceSettings(JobSettings):
         return frozenset(s for s in SCOPES if s != "admin")
 
     @property
+    def feedback_protected(self) -> tuple[str, ...]:
+        """Prefixes no batch job may write: the feedback prefix and, in the dataset layout
+        (`<dataset>/feedback`), the dataset around it (its ground truth)."""
+        uri = self.feedback_uri.rstrip("/")
+        parent, _, leaf = uri.rpartition("/")
+        return (uri, parent) if leaf == "feedback" and parent.strip("/.") else (uri,)
+
+    @property
     def metrics_listen_port(self) -> int:
         """The resolved `metrics_port` (0 = on the API port)."""
         if self.metrics_port is not None:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from prometheus_client import Counter, Histogram
 
 from services.jobs import manifest
+from services.jobs.confinement import escapes
 from services.jobs.inputs import mask_uri
 from services.jobs.manifest import ErrorEntry, ManifestLine
 from services.jobs.records import ItemError, JobPlan, JobState
@@ -62,6 +63,12 @@ class ChunkOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class EscapesOutput(MaskfleetError):
+    status = 422
+    code = "escapes_output"
+    title = "The item's mask would land outside the job's output folder"
 
 
 class InternalItemError(MaskfleetError):
@@ -159,8 +166,12 @@ class ChunkRunner:
         for uri, result in zip(batch, results, strict=True):
             line = ManifestLine(input=uri, output=None, model=plan.model.name,
                                 model_version=plan.model.version)
+            target = mask_uri(uri, plan.output, plan.base)
+            if isinstance(result, Segmentation) and escapes(target, plan.output):
+                result = EscapesOutput(f"the object name {uri!r} would put its mask outside "
+                                       f"{plan.output}; not written")
             if isinstance(result, Segmentation):
-                line.output = mask_uri(uri, plan.output, plan.base)
+                line.output = target
                 line.width, line.height = result.width, result.height
                 line.class_fractions = result.fractions
                 writes.append(pool.submit(self._write_mask, line.output, result))

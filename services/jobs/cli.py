@@ -77,6 +77,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.jobs.cli",
                                      description="maskfleet batch jobs")
     parser.add_argument("--api-url", default=DEFAULT_API, help=f"default {DEFAULT_API}")
+    parser.add_argument("--api-key-file", type=Path, default=None,
+                        help="file holding an API key with the `jobs` scope (production); "
+                             "read once, sent as Authorization: Bearer, never printed")
     commands = parser.add_subparsers(dest="command", required=True)
 
     submit = commands.add_parser("submit", help="submit a job")
@@ -85,6 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     submit.add_argument("--model-version", type=int)
     submit.add_argument("--model-stage", choices=["production", "candidate"])
     submit.add_argument("--chunk-size", type=int)
+    submit.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty output (only where the API allows it)")
     submit.add_argument("--wait", action="store_true", help="follow progress until done")
 
     status = commands.add_parser("status", help="show a job")
@@ -111,6 +116,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         text = sys.stdin.read() if args.input == "@-" else Path(args.input[1:]).read_text()
         source = [line.strip() for line in text.splitlines() if line.strip()]
     body: dict[str, Any] = {"input": source, "output": args.output}
+    if args.overwrite:
+        body["overwrite"] = True
     for field in ("model_version", "model_stage", "chunk_size"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
@@ -205,7 +212,10 @@ def main(argv: Sequence[str] | None = None, http: httpx.Client | None = None) ->
     """Entry point; tests pass an `http` client (e.g. Starlette's TestClient)."""
     args = parse_args(argv)
     out, err = Console(), Console(stderr=True)
-    client = http or httpx.Client(base_url=args.api_url, timeout=30.0)
+    headers = {}
+    if args.api_key_file is not None:
+        headers["Authorization"] = f"Bearer {args.api_key_file.read_text().strip()}"
+    client = http or httpx.Client(base_url=args.api_url, timeout=30.0, headers=headers)
     try:
         return run(args, JobsClient(client), out, err)
     except ApiError as exc:

@@ -55,6 +55,10 @@ class JobRequest(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1)
     """Images per chunk (the unit of work and of redelivery)."""
 
+    overwrite: bool = False
+    """Allow writing into an output folder that already holds objects; only honoured under
+    the configured overwrite prefixes (403 elsewhere)."""
+
 
 class InputSummary(BaseModel):
     kind: Literal["prefix", "list"]

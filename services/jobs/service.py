@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import redis
 
 from services.jobs import manifest
+from services.jobs.confinement import OutputNotEmpty, StoragePolicy
 from services.jobs.inputs import chunk_count, resolve_inputs
 from services.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
 from services.jobs.settings import JobSettings
@@ -23,12 +24,14 @@ from shared.errors import (
     InvalidJob,
     JobNotFound,
     JobsUnavailable,
+    ObjectNotFound,
+    OutputInUse,
     StorageError,
     StorageUnavailable,
 )
 from shared.redis import plain_reason
 from shared.repository import ModelRepository
-from shared.storage import Storage, storage_for
+from shared.storage import Storage, folder, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +64,15 @@ class JobService:
     """Submission, status and cancel over one store, bounded by one `JobSettings`.
 
     `settings` also names the model served by default (a job that pins nothing gets the
-    version the API would serve) and the environment: local paths are accepted as job URIs
-    only outside production (the embedded mode).
+    version the API would serve), the environment (local paths only outside production) and
+    the storage prefixes jobs are confined to (`confinement`). `protected` adds prefixes no
+    job may write to the configured ones (the API passes its feedback prefix and dataset).
     """
 
     def __init__(
         self, store: JobStore, repository: ModelRepository, enqueue: Enqueue,
         settings: JobSettings, *, on_submitted: Callable[[], None] | None = None,
-        storage: Callable[[str], Storage] = storage_for,
+        storage: Callable[[str], Storage] = storage_for, protected: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.repository = repository
@@ -77,33 +81,73 @@ class JobService:
         self.allow_local = settings.environment != "production"
         self.on_submitted = on_submitted
         self.storage = storage
+        self.policy = StoragePolicy.build(
+            inputs=settings.job_input_prefixes, outputs=settings.job_output_prefixes,
+            overwrite=settings.job_overwrite_prefixes,
+            protected=(settings.model_repository, *settings.job_protected_prefixes,
+                       *protected),
+            allow_local=self.allow_local)
 
     @classmethod
     def from_settings(cls, settings: JobSettings, *,
-                      on_submitted: Callable[[], None] | None = None) -> JobService:
+                      on_submitted: Callable[[], None] | None = None,
+                      protected: Sequence[str] = ()) -> JobService:
         """The API's wiring: same Redis, model repository and default model as it serves."""
         from services.jobs.broker import CeleryEnqueuer
 
         return cls(
             JobStore.from_settings(settings), ModelRepository(settings.model_repository),
             CeleryEnqueuer.for_endpoint(settings.state_redis()), settings,
-            on_submitted=on_submitted,
+            on_submitted=on_submitted, protected=protected,
         )
+
+    def confine(self, request: JobRequest) -> tuple[str | list[str], str]:
+        """The request's input(s) and output, normalised, once every storage rule allows them
+        (403 naming the rule otherwise); nothing is listed or written before this."""
+        output = self.policy.check_output(request.output, request.overwrite)
+        source: str | list[str]
+        if isinstance(request.input, str):
+            source = self.policy.check_input(request.input)
+        else:
+            source = [self.policy.check_input(uri) for uri in request.input]
+        return source, output
+
+    def _refuse_overwrite(self, output: str, overwrite: bool) -> None:
+        """Without `overwrite` (allowed by the policy), the output folder must be empty."""
+        with redis_guard():
+            writer = self.store.output_writer(output)
+        if writer is not None:
+            raise OutputInUse(f"output {output} is being written by unfinished job {writer}; "
+                              "cancel it or choose another output")
+        if overwrite:
+            return
+        try:
+            existing = self.storage(output).list(folder(output))
+        except ObjectNotFound:
+            return
+        except StorageError as exc:
+            raise InvalidJob(f"cannot list output {output}: {exc.detail}") from None
+        if existing:
+            raise OutputNotEmpty(
+                f"output {output} already holds {len(existing)} object(s), e.g. "
+                f"{existing[0]}; a job never overwrites them: choose an empty output, or pass "
+                '"overwrite": true under an output prefix that allows it')
 
     def submit(self, request: JobRequest, submitted_by: str = "anonymous") -> JobStatus:
         chunk_size = request.chunk_size or self.settings.job_chunk_size
         if chunk_size > self.settings.job_max_chunk_size:
             raise InvalidJob(f"chunk_size {chunk_size} is above the maximum "
                              f"{self.settings.job_max_chunk_size}")
+        source, output = self.confine(request)
         model = self._pin_model(request)
-        output = request.output.rstrip("/") or request.output
-        inputs = resolve_inputs(request.input, output, allow_local=self.allow_local,
+        self._refuse_overwrite(output, request.overwrite)
+        inputs = resolve_inputs(source, output, allow_local=self.allow_local,
                                 max_images=self.settings.job_max_images, storage=self.storage)
         plan = JobPlan(
             id=uuid.uuid4().hex, input=inputs.summary, output=output, base=inputs.base,
             model=model, chunk_size=chunk_size,
             chunks=chunk_count(len(inputs.uris), chunk_size), images=len(inputs.uris),
-            submitted_by=submitted_by,
+            submitted_by=submitted_by, overwrite=request.overwrite,
         )
         with redis_guard():
             self.store.create(plan, inputs.uris)

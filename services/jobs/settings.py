@@ -8,9 +8,11 @@ class, and `services.jobs` receives that object (typed as `JobSettings`).
 
 from __future__ import annotations
 
-from typing import Self
+import json
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings
 
@@ -36,6 +38,44 @@ class JobSettings(ServiceSettings):
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     """How long a finished job (succeeded, failed or cancelled) stays queryable before its
     record expires; applies to cancels made through the API as to jobs finished by a worker."""
+
+    job_input_prefixes: Annotated[tuple[str, ...], NoDecode] = ()
+    """Where jobs may read (comma-separated URI prefixes, e.g. `gs://acme-uploads/batch`).
+    None configured: every job is refused (403 `input_not_allowed`); `make run` sets
+    `./var/jobs/in`. Local folders count only outside production."""
+
+    job_output_prefixes: Annotated[tuple[str, ...], NoDecode] = ()
+    """Where jobs may write masks and manifests (comma-separated URI prefixes). Never honoured
+    where it overlaps a protected prefix; `make run` sets `./var/jobs/out`."""
+
+    job_overwrite_prefixes: Annotated[tuple[str, ...], NoDecode] = ()
+    """Output prefixes under which a job may say `"overwrite": true`; elsewhere, and without
+    it, a job's output folder must be empty."""
+
+    job_protected_prefixes: Annotated[tuple[str, ...], NoDecode] = ()
+    """Prefixes no job may write whatever the other settings say: the dataset (with its
+    feedback pairs) and anything else precious. The model repository is always protected; the
+    API also protects its feedback prefix and the dataset holding it."""
+
+    @field_validator("job_input_prefixes", "job_output_prefixes", "job_overwrite_prefixes",
+                     "job_protected_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _prefixes_are_specific(self) -> Self:
+        for prefix in (*self.job_input_prefixes, *self.job_output_prefixes):
+            bare = prefix.removeprefix("gs://").removeprefix("file://").strip("/")
+            if not bare or bare == ".":
+                raise ValueError(f"job prefix {prefix!r} would allow a whole scheme or the "
+                                 "root folder; name a bucket or folder")
+        return self
 
     @model_validator(mode="after")
     def _chunk_size_fits_the_maximum(self) -> Self:

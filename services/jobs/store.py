@@ -108,6 +108,12 @@ class JobStore:
         return [key(job_id)] + [key(job_id, p) for p in
                                 ("inputs", "chunks", "errors", "attempts", "workers")]
 
+    def output_writer(self, output: str) -> str | None:
+        """The unfinished job writing `output`, if any (create() re-checks atomically)."""
+        raw = self.redis.get(OUTPUT_LOCK + output.rstrip("/"))
+        holder = text(raw) if raw else None
+        return holder if holder and self.redis.sismember(ACTIVE, holder) else None
+
     def create(self, plan: JobPlan, inputs: Sequence[str]) -> None:
         """Record a queued job; refuse an output prefix another unfinished job writes to."""
         lock = OUTPUT_LOCK + plan.output.rstrip("/")

@@ -31,6 +31,9 @@ def start_api(repo: Path, workdir: Path, redis_url: str, *, ready_path: str = "/
         "MASKFLEET_HOST": "127.0.0.1",
         "MASKFLEET_PORT": str(port),
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # batch jobs may use the session's temporary folders (the storage rules name them)
+        "MASKFLEET_JOB_INPUT_PREFIXES": str(workdir.parent),
+        "MASKFLEET_JOB_OUTPUT_PREFIXES": str(workdir.parent),
         **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()},
     }
     server = Server([sys.executable, "-m", "services.inference"], port, env=env,

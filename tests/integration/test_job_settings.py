@@ -49,7 +49,8 @@ def job_settings(redis_url: str, repo: Path, tmp_path: Path) -> dict[str, object
             "model_repository": str(repo),
             "cache_dir": str(tmp_path / "cache"), "job_chunk_size": 2,
             "job_max_chunk_size": 3, "job_max_images": 5, "job_max_errors": 1,
-            "job_ttl_seconds": TTL}
+            "job_ttl_seconds": TTL, "job_input_prefixes": (str(tmp_path),),
+            "job_output_prefixes": (str(tmp_path),)}
 
 
 @pytest.fixture

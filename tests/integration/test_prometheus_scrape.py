@@ -185,6 +185,8 @@ def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path
         [sys.executable, "-m", "services.inference"], api_port, log=logs_dir / "scrape-api.log",
         env={**shared_env, "MASKFLEET_PORT": str(api_port), "MASKFLEET_HOST": "127.0.0.1",
              "MASKFLEET_METRICS_PORT": str(api_metrics_port),  # as in the chart: its own port
+             "MASKFLEET_JOB_INPUT_PREFIXES": gcs_bucket,
+             "MASKFLEET_JOB_OUTPUT_PREFIXES": gcs_bucket,
              "MASKFLEET_ROLE": "stable", "MASKFLEET_BATCH_MAX_WAIT_MS": "20",
              "MASKFLEET_CACHE_DIR": str(tmp_path / "api-cache")})
     worker = Server(

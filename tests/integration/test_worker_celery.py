@@ -111,6 +111,21 @@ class Fleet:
         return 0.0
 
 
+FLEET_BUCKET = "celery-fleet"
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: Server, request: pytest.FixtureRequest) -> str:
+    """A folder per test in the one bucket the fleet's API lets jobs use (the storage rules
+    name prefixes, fixed when the API starts)."""
+    from google.cloud import storage as gcs
+
+    client = gcs.Client()
+    if not client.bucket(FLEET_BUCKET).exists():
+        client.create_bucket(FLEET_BUCKET)
+    return f"gs://{FLEET_BUCKET}/{request.node.name}"
+
+
 @pytest.fixture(scope="module")
 def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
@@ -128,7 +143,9 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
                  log=logs / "api.log",
                  env={**common, "MASKFLEET_HOST": "127.0.0.1", "MASKFLEET_PORT": str(api_port),
                       "MASKFLEET_CACHE_DIR": str(logs / "cache-api"),
-                      "MASKFLEET_STAGE_POLL_SECONDS": "0"})
+                      "MASKFLEET_STAGE_POLL_SECONDS": "0",
+                      "MASKFLEET_JOB_INPUT_PREFIXES": f"gs://{FLEET_BUCKET}",
+                      "MASKFLEET_JOB_OUTPUT_PREFIXES": f"gs://{FLEET_BUCKET}"})
     found = Fleet(redis_url, worker_env, logs, api)
     try:
         with ThreadPoolExecutor(3) as pool:

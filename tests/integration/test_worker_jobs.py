@@ -22,6 +22,7 @@ from services.inference.settings import InferenceSettings
 from services.jobs.broker import CHUNK_TASK
 from services.jobs.chunk import ChunkRunner
 from services.jobs.cli import main as cli
+from services.jobs.confinement import InputNotAllowed, OutputNotEmpty
 from services.jobs.manifest import chunk_manifest_uri, decode
 from services.jobs.records import JobRequest, JobState
 from services.jobs.service import JobService
@@ -111,9 +112,18 @@ def queue() -> RecordedQueue:
     return RecordedQueue()
 
 
+def confined_to(bucket: str, folder: Path) -> dict[str, object]:
+    """Storage rules letting a test's jobs use its own bucket and temporary folder."""
+    allowed = (bucket, str(folder))
+    return {"job_input_prefixes": allowed, "job_output_prefixes": allowed,
+            "job_overwrite_prefixes": allowed}
+
+
 @pytest.fixture
-def service(store: JobStore, model_repo: ModelRepository, queue: RecordedQueue) -> JobService:
-    return JobService(store, model_repo, queue, JobSettings(model_repository=model_repo.root))
+def service(store: JobStore, model_repo: ModelRepository, queue: RecordedQueue,
+            gcs_bucket: str, tmp_path: Path) -> JobService:
+    return JobService(store, model_repo, queue, JobSettings(
+        model_repository=model_repo.root, **confined_to(gcs_bucket, tmp_path)))
 
 
 @pytest.fixture
@@ -305,7 +315,8 @@ def test_a_chunk_task_that_cannot_run_fails_its_job(
     shutil.copytree(tiny_model_repo, root)
     repo = ModelRepository(str(root))
     put(f"{gcs_bucket}/in/a.jpg", pet_image(460))
-    service = JobService(store, repo, RecordedQueue(), JobSettings(model_repository=str(root)))
+    service = JobService(store, repo, RecordedQueue(), JobSettings(
+        model_repository=str(root), **confined_to(gcs_bucket, tmp_path)))
     status = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out",
                                        model_version=2))
     (root / "unet" / "2" / "COMPLETE").unlink()
@@ -346,7 +357,7 @@ def test_refusals_leave_no_job_behind(
     put(f"{gcs_bucket}/in/a.jpg", pet_image(500))
     with pytest.raises(NoImagesFound, match=r"no \.jpg"):
         service.submit(JobRequest(input=f"{gcs_bucket}/nothing-here", output=f"{gcs_bucket}/o"))
-    with pytest.raises(NoImagesFound, match="no bucket"):
+    with pytest.raises(InputNotAllowed):  # a bucket nobody allowed is not even listed
         service.submit(JobRequest(input="gs://no-such-bucket-x/in", output=f"{gcs_bucket}/o"))
     with pytest.raises(VersionNotFound):
         service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/o",
@@ -373,17 +384,23 @@ def test_one_output_is_written_by_one_unfinished_job_at_a_time(
         service.submit(request)
     assert caught.value.status == 409
     service.cancel(first.job_id)
-    assert service.submit(request).state is JobState.QUEUED
+    with pytest.raises(OutputNotEmpty):  # its plan is there now: a job never overwrites...
+        service.submit(request)
+    again = request.model_copy(update={"overwrite": True})  # ...unless asked and allowed
+    assert service.submit(again).state is JobState.QUEUED
 
 
 @pytest.fixture
-def api(redis_url: str, model_repo: ModelRepository, tmp_path: Path) -> Iterator[TestClient]:
+def api(redis_url: str, model_repo: ModelRepository, tmp_path: Path,
+        gcs_bucket: str) -> Iterator[TestClient]:
     """The real app factory, its job service queueing real Celery messages in Redis. Run as
     a context manager: one event loop for the whole test, as under uvicorn (the rate limiter's
     asyncio Redis connections belong to one loop)."""
     settings = InferenceSettings(model_repository=model_repo.root, state_redis_url=redis_url,
                                  cache_redis_url=redis_url,
-                                 cache_dir=str(tmp_path / "cache"))
+                                 cache_dir=str(tmp_path / "cache"),
+                                 redis_connect_timeout_ms=1000,  # a loaded test machine
+                                 **confined_to(gcs_bucket, tmp_path))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
