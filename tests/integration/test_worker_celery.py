@@ -139,13 +139,14 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
                   "MASKFLEET_MODEL_BATCH_SIZE": "4", "MASKFLEET_MAX_PIXELS": str(MAX_PIXELS),
                   "MASKFLEET_MAX_IMAGE_BYTES": "150000"}
     api_port = free_port()
+    allowed = f"gs://{FLEET_BUCKET},{tmp_path_factory.getbasetemp()}"
     api = Server([sys.executable, "-m", "services.inference"], api_port,
                  log=logs / "api.log",
                  env={**common, "MASKFLEET_HOST": "127.0.0.1", "MASKFLEET_PORT": str(api_port),
                       "MASKFLEET_CACHE_DIR": str(logs / "cache-api"),
                       "MASKFLEET_STAGE_POLL_SECONDS": "0",
-                      "MASKFLEET_JOB_INPUT_PREFIXES": f"gs://{FLEET_BUCKET}",
-                      "MASKFLEET_JOB_OUTPUT_PREFIXES": f"gs://{FLEET_BUCKET}"})
+                      "MASKFLEET_JOB_INPUT_PREFIXES": allowed,
+                      "MASKFLEET_JOB_OUTPUT_PREFIXES": allowed})
     found = Fleet(redis_url, worker_env, logs, api)
     try:
         with ThreadPoolExecutor(3) as pool:
