@@ -257,6 +257,30 @@ async function loadSamples() {
 
 // ---- sending a correction ----
 
+/**
+ * Send `png` for `answer`. A feedback token is bound to the key the answer was served to, so
+ * when this key may not send corrections, the page asks for one that may, segments the same
+ * image again with it (a new token) and sends the same painted mask for that answer.
+ */
+async function sendCorrection(answer, png) {
+  try {
+    return await api.sendFeedback(answer, png);
+  } catch (error) {
+    if (!(error instanceof api.ApiError) || !error.needsKey) throw error;
+    const asked = await askForKey(`This key may not send corrections (${error.message}). `
+      + "Enter one that may: the image is segmented again with it and your painting is kept.");
+    if (!asked) throw error;
+    const fresh = await withKey(() => api.segment(state.image, { keep: $("keep").checked }));
+    if (fresh.width !== editor.width || fresh.height !== editor.height) {
+      throw new Error("the new answer has another size; segment the image again");
+    }
+    state.answer = fresh;
+    $("info-request").textContent = fresh.requestId;
+    $("info-kept").textContent = keptText(fresh);
+    return sendCorrection(fresh, png);
+  }
+}
+
 $("send").addEventListener("click", async () => {
   const answer = state.answer;
   if (!answer || !editor.values) return;
@@ -264,7 +288,7 @@ $("send").addEventListener("click", async () => {
   say("feedback-result", "Sending the correction…");
   try {
     const png = await encodeTrimapPng(editor.values, editor.width, editor.height);
-    const receipt = await withKey(() => api.sendFeedback(answer, png));
+    const receipt = await sendCorrection(answer, png);
     say("feedback-result", `Correction stored. IoU between the served and your mask: ${receipt.iou.toFixed(4)} (version ${receipt.version}).`);
     $("feedback-result").dataset.iou = String(receipt.iou);
   } catch (error) {
