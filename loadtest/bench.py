@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import tempfile
 import time
@@ -104,18 +105,19 @@ class Bench:
 
     def load(self, section: str, label: str, url: str, body: Path, content_type: str,
              server: servers.Process, also: Sequence[servers.Process] = (),
-             metrics: str | None = None) -> dict[int, Figure]:
+             metrics: str | None = None,
+             headers: dict[str, str] | None = None) -> dict[int, Figure]:
         """wrk at each concurrency after an unrecorded warm-up; CPU of `server` and `also`;
         the mean model batch size from the API's `metrics` URL."""
         figures = {}
         for connections in self.concurrency:
             if self.warmup_seconds > 0:
                 run_wrk(url, body, content_type=content_type, connections=connections,
-                        seconds=self.warmup_seconds)
+                        seconds=self.warmup_seconds, headers=headers)
 
             def one(c: int = connections) -> LoadResult:
                 return run_wrk(url, body, content_type=content_type, connections=c,
-                               seconds=self.load_seconds)
+                               seconds=self.load_seconds, headers=headers)
 
             figures[connections] = self._record(section, label, connections, one, server,
                                                 also, metrics)
@@ -243,11 +245,27 @@ def _grpc_section(bench: Bench, ws: Workspace, redis_url: str) -> None:
         _check_segment(api.url, jpeg, "miss")
         rest.load("grpc", "REST segment 500x375 JPEG -> PNG", f"{api.url}/v1/segment",
                   ws.jpeg, "image/jpeg", api, metrics=f"{api.url}/metrics")
+        v2_body, v2_headers = _rest_v2_bytes(jpeg, ws.root / "v2-bytes.bin")
+        rest.load("grpc", "REST v2 infer BYTES 500x375 JPEG -> mask_png (binary)",
+                  f"{api.url}/v2/models/unet/infer", v2_body, "application/octet-stream", api,
+                  metrics=f"{api.url}/metrics", headers=v2_headers)
         for label, body in (
                 ("gRPC ModelInfer BYTES 500x375 JPEG -> mask_png", frame(bytes_request(jpeg))),
                 ("gRPC ModelInfer UINT8 500x375 pixels -> mask_png",
                  frame(pixels_request(pixels)))):
             bench.load_grpc("grpc", label, body, api, concurrency)
+
+
+def _rest_v2_bytes(jpeg: bytes, path: Path) -> tuple[Path, dict[str, str]]:
+    """The REST twin of the gRPC BYTES call, as tritonclient.http sends it: a JSON header, then
+    the tensor in Triton's binary layout, `mask_png` asked for as binary data."""
+    raw = len(jpeg).to_bytes(4, "little") + jpeg
+    head = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "mask_png", "parameters": {"binary_data": True}}]},
+                      separators=(",", ":")).encode()
+    path.write_bytes(head + raw)
+    return path, {"Inference-Header-Content-Length": str(len(head))}
 
 
 def _cache_section(bench: Bench, api: servers.Process, redis: servers.Process,
