@@ -36,6 +36,7 @@ from loadtest.ceiling import Ceiling, measure_ceiling
 from loadtest.grpc_load import bytes_request, frame, grpc_failures, pixels_request, run_h2load
 from loadtest.http_load import LoadResult, run_wrk
 from loadtest.images import pet_image
+from loadtest.overload import measure_overload
 from loadtest.profiling import Profiler
 from loadtest.report import Figure, Report
 from shared.imaging import preprocess
@@ -47,12 +48,15 @@ from shared.repository import ModelRepository, VersionMetadata
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("api", "grpc", "cache", "baseline", "batch", "training")
+SECTIONS = ("api", "grpc", "overload", "cache", "baseline", "batch", "training")
 GRPC_CONCURRENCY = (8, 32)
 API_TARGET = 0.85
 CACHE_TARGET = 10.0
 P99_TARGET = 3.0
 BATCH_TARGET = 0.85
+GOODPUT_TARGET = 0.9
+OVERLOAD_P99_TARGET = 1.5
+SHED_P99_TARGET_MS = 50.0
 TRAINING_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
@@ -268,6 +272,43 @@ def _rest_v2_bytes(jpeg: bytes, path: Path) -> tuple[Path, dict[str, str]]:
     return path, {"Inference-Header-Content-Length": str(len(head))}
 
 
+def _overload_section(bench: Bench, ws: Workspace, redis_url: str, seconds: float) -> None:
+    """2x capacity, open loop, cache off: goodput, p99 and shed latency (loadtest.overload)."""
+    with servers.running(servers.start_api(ws.logs, models=ws.models, redis_url=redis_url,
+                                           cache=False, extra_env=bench.api_env)) as api:
+        _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
+        if bench.warmup_seconds > 0:
+            run_wrk(f"{api.url}/v1/segment", ws.jpeg, content_type="image/jpeg",
+                    connections=32, seconds=bench.warmup_seconds)
+        r = measure_overload(f"{api.url}/v1/segment", ws.jpeg, pid=api.pid,
+                             capacity_seconds=bench.load_seconds, seconds=seconds)
+    extra = {"capacity_per_s": round(r.capacity_per_s, 2),
+             "capacity_p99_ms": round(r.capacity_p99_ms, 1),
+             "offered_per_s": round(r.offered_per_s, 2), "seconds": r.seconds,
+             "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
+             "client_failures": r.failures, "elapsed_s": round(r.elapsed, 1),
+             "server_p99_ms": {str(k): round(v, 1) for k, v in r.server_p99_ms.items()}}
+    report = bench.report
+    report.add(Figure("overload", "goodput at 2x capacity / capacity", r.goodput_ratio, "x",
+                      target=f">= {GOODPUT_TARGET}", met=r.goodput_ratio >= GOODPUT_TARGET,
+                      extra={**extra, "goodput_per_s": round(r.goodput_per_s, 2)}))
+    report.add(Figure("overload", "p99 accepted at 2x / p99 at capacity", r.p99_ratio, "x",
+                      target=f"<= {OVERLOAD_P99_TARGET}",
+                      met=r.p99_ratio <= OVERLOAD_P99_TARGET, p99_ms=r.accepted_p99_ms,
+                      extra=extra))
+    report.add(Figure("overload", "p99 of shed answers (503)", r.shed_p99_ms, "ms",
+                      target=f"< {SHED_P99_TARGET_MS:g} ms",
+                      met=bool(r.shed_ms) and r.shed_p99_ms < SHED_P99_TARGET_MS,
+                      extra={"shed": len(r.shed_ms)}))
+    report.add(Figure("overload", "API peak RSS at 2x capacity", r.peak_rss_bytes / 2**20,
+                      "MiB", extra={"idle_rss_mib": round(r.idle_rss_bytes / 2**20, 1)}))
+    log.warning("overload: capacity %.1f/s p99 %.0f ms; at 2x: goodput x%.2f, p99 x%.2f, "
+                "shed p99 %.1f ms (server side %s), peak RSS %.0f MiB, statuses %s, %.1f s",
+                r.capacity_per_s, r.capacity_p99_ms, r.goodput_ratio, r.p99_ratio,
+                r.shed_p99_ms, r.server_p99_ms, r.peak_rss_bytes / 2**20, r.statuses,
+                r.elapsed)
+
+
 def _cache_section(bench: Bench, api: servers.Process, redis: servers.Process,
                    ws: Workspace) -> None:
     """One image repeated: after the first request every answer comes from Redis."""
@@ -356,6 +397,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-seconds", type=float, default=8.0, help="per wrk run")
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="before each wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--overload-seconds", type=float, default=20.0,
+                        help="open-loop load at 2x capacity")
     parser.add_argument("--batch-images", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=8)
@@ -386,6 +429,11 @@ def _context(wanted: list[str], api_env: list[str]) -> dict[str, object]:
                 "c streams, as one gRPC channel; ghz is not packaged here, and a Python gRPC "
                 "client would spend as much CPU as the server); errors from the API's count "
                 "of non-OK gRPC answers",
+
+
+        "overload": "capacity = wrk c=32 throughput (and its p99), then an open-loop "
+                    "generator offers 2x that rate for --overload-seconds; goodput counts "
+                    "200s only; shed answers are the 503s",
         "sections": wanted,
         "api_env": api_env,
     }
@@ -409,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
                 _api_section(bench, ws, redis_url)
             if "grpc" in wanted:
                 _grpc_section(bench, ws, redis_url)
+            if "overload" in wanted:
+                _overload_section(bench, ws, redis_url, args.overload_seconds)
             if "cache" in wanted or "batch" in wanted:
                 with servers.running(servers.start_api(
                         ws.logs, models=ws.models, redis_url=redis_url, cache=True,

@@ -91,6 +91,15 @@ class Batcher:
         """Requests waiting for the model thread (not yet in a forming batch)."""
         return self._queue.qsize()
 
+    def admit(self, count: int, preparing: int) -> None:
+        """Refuse (503) before any decoding when `count` more images, with the `preparing`
+        ones already admitted and being decoded, would overflow the queue: a request that
+        will be shed should not first wait for, and spend, a codec thread."""
+        queued = self._queued_images + preparing
+        if queued and queued + count > self._max_queue_images:
+            self._metrics.requests_shed.labels("batch_queue").inc()
+            raise Overloaded(f"the model queue is full ({self._max_queue_images} images)")
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._collect, name="model", daemon=True)

@@ -13,7 +13,8 @@ answer is built, which is what bounds the API's memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,6 +69,8 @@ class Segmenter:
         self._budget = budget
         self._metrics = metrics
         self._max_pixels = max_pixels
+        self._preparing = 0
+        """Images admitted to the batch queue's budget while they are decoded."""
 
     def start(self) -> None:
         self._codec.start()
@@ -131,7 +134,9 @@ class Segmenter:
         height, width = int(images.shape[1]), int(images.shape[2])
         for attempt in (1, 2):
             size = self._holder.require().input_size
-            pixels = await self._codec.run(_pixels_to_input, images, size, deadline=deadline)
+            with self._preparing_images(len(images)):
+                pixels = await self._codec.run(_pixels_to_input, images, size,
+                                               deadline=deadline)
             try:
                 result = await self._batcher.run(pixels, deadline)
             except StaleInput:
@@ -143,6 +148,16 @@ class Segmenter:
             return MaskBatch(masks, result.model, result.version)
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def _preparing_images(self, count: int) -> Iterator[None]:
+        """Count images being decoded against the batch queue's bound (503 when full)."""
+        self._batcher.admit(count, self._preparing)
+        self._preparing += count
+        try:
+            yield
+        finally:
+            self._preparing -= count
+
     async def _run_encoded(self, blobs: Sequence[bytes], headers: Sequence[ImageHeader],
                            deadline: Deadline) -> tuple[list[Prepared], BatchResult]:
         """Decode and batch; decode again if a swap changed the input size.
@@ -152,8 +167,9 @@ class Segmenter:
         """
         for attempt in (1, 2):
             size = self._holder.require().input_size
-            prepared = await self._codec.run(_prepare_all, blobs, headers, size,
-                                             self._max_pixels, deadline=deadline)
+            with self._preparing_images(len(blobs)):
+                prepared = await self._codec.run(_prepare_all, blobs, headers, size,
+                                                 self._max_pixels, deadline=deadline)
             pixels = (prepared[0].pixels[np.newaxis] if len(prepared) == 1
                       else np.stack([p.pixels for p in prepared]))
             try:

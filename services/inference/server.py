@@ -14,7 +14,7 @@ transport, before any ASGI code runs, so they also hold when the application is 
   connections ahead of the requests they will carry;
 - a body not complete within `body_timeout_seconds` after its head gets 408 and is closed.
 An idle keep-alive connection is closed by uvicorn's own `timeout_keep_alive`. The gateway in
-front adds its own limits (docs/deploy.md, "Gateway limits"); these hold without it.
+front adds its own limits (docs/admission.md, "Gateway settings"); these hold without it.
 """
 
 from __future__ import annotations

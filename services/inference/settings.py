@@ -160,10 +160,11 @@ class InferenceSettings(JobSettings):
     with them): beyond it a request is shed with 503. With ~4 bytes held per pixel this bounds
     request memory to roughly 400 MB above the model's own footprint."""
 
-    batch_max_queue_images: int = Field(default=64, ge=1)
-    """Images waiting for the model before new requests are shed with 503 + Retry-After (TF
-    Serving's max_enqueued_batches, Triton's max_queue_size): bounds queueing delay to a few
-    batch times instead of letting it grow with the offered load."""
+    batch_max_queue_images: int = Field(default=32, ge=1)
+    """Images waiting for (or being decoded for) the model before new requests are shed with
+    503 + Retry-After (TF Serving's max_enqueued_batches, Triton's max_queue_size): two full
+    batches, so queueing delay stays near two batch times instead of growing with the
+    offered load."""
 
     codec_max_queue: int = Field(default=64, ge=1)
     """Decode/encode jobs waiting for a codec thread before requests are shed with 503."""
