@@ -91,4 +91,14 @@ def test_the_page_asks_for_a_key_and_keeps_it_for_the_tab_only(
     expect(result).to_have_attribute("data-iou", re.compile(r"^0\.[0-9]+$"))
     assert page.evaluate("sessionStorage.getItem('maskfleet.apiKey')") == keyed.full
     shot(page, artifacts, "10-key-feedback")
+
+    # this API serves no second stage: compare asks the gateway for each side with the
+    # HTTPRoute's variant header; with no gateway both answers carry one version
+    variants: list[str | None] = []
+    page.on("request", lambda r: variants.append(r.headers.get("x-maskfleet-variant"))
+            if "/v1/segment" in r.url else None)
+    page.locator("#compare-run").click()
+    expect(page.locator("#compare-result")).to_have_text(
+        "Both sides answered with version 1: no candidate is being served.")
+    assert sorted(v or "" for v in variants) == ["canary", "stable"]
     context.close()
