@@ -39,16 +39,19 @@ from loadtest.images import pet_image
 from loadtest.overload import measure_overload
 from loadtest.profiling import Profiler
 from loadtest.report import Figure, Report
+from loadtest.variants import VARIANTS, accuracy, pipeline_rate, publish_variants
 from shared.imaging import preprocess
 from shared.logging import configure_logging
 from shared.model.config import UNetConfig
+from shared.model.ir import OpenVinoModel
+from shared.model.runtime import SAVEDMODEL, SegmentationModel
 from shared.model.serving import LoadedModel, export_savedmodel
 from shared.model.unet import build_unet
 from shared.repository import ModelRepository, VersionMetadata
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("api", "grpc", "overload", "cache", "baseline", "batch", "training")
+SECTIONS = ("api", "grpc", "overload", "cache", "baseline", "batch", "variants", "training")
 GRPC_CONCURRENCY = (8, 32)
 API_TARGET = 0.85
 CACHE_TARGET = 10.0
@@ -57,6 +60,14 @@ BATCH_TARGET = 0.85
 GOODPUT_TARGET = 0.9
 OVERLOAD_P99_TARGET = 1.5
 SHED_P99_TARGET_MS = 50.0
+VARIANT_API_TARGET = 2.5
+"""int8 API at c=32 over the TF fp32 ceiling (issue 16, full model)."""
+VARIANT_BATCH_TARGET = 2.5
+PIPELINE_TARGET = 0.9
+"""A batch job over the in-process decode + model + PNG rate of the variant it serves."""
+OVERHEAD_TARGET_MS = 1.3
+VARIANT_P99_TARGET = 2.0
+"""p99 at c=8 over the queueing bound 8 / (the served variant's ceiling)."""
 TRAINING_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 
@@ -70,6 +81,7 @@ class Workspace:
     jpeg: Path
     logs: Path
     input_size: int
+    version: int
 
 
 @dataclass
@@ -329,8 +341,8 @@ def _batch_section(bench: Bench, api: servers.Process, ws: Workspace, redis_url:
     blobs = [pet_image(i) for i in range(16)]
     warm = write_inputs(ws.root / "jobs" / "warm", blobs, 32)
     timed = write_inputs(ws.root / "jobs" / "timed", blobs, images)
-    with servers.running(servers.start_worker(ws.logs, models=ws.models,
-                                              redis_url=redis_url)) as worker:
+    with servers.running(servers.start_worker(ws.logs, models=ws.models, redis_url=redis_url,
+                                              extra_env=bench.api_env)) as worker:
         run_job(api.url, str(warm), str(ws.root / "masks" / "warm"), chunk_size=chunk_size)
         with bench.around() as nearby:
             cpu = worker.cpu_seconds()
@@ -371,7 +383,87 @@ def _training_section(bench: Bench, steps: int) -> None:
             extra=result))
 
 
-def _prepare(root: Path) -> tuple[Workspace, LoadedModel]:
+def _variant_model(bench: Bench, ws: Workspace, name: str) -> SegmentationModel:
+    if name == SAVEDMODEL:
+        return bench.model
+    return OpenVinoModel(ws.models / "unet" / str(ws.version) / "variants" / name,
+                         name="unet", version=ws.version, variant=name)
+
+
+def _variants_section(bench: Bench, ws: Workspace, redis_url: str, seconds: float,
+                      images: int, chunk_size: int) -> None:
+    """Each variant of the same version: in-process ceiling at batch 1/8/32, API at c=8 and
+    c=32 (cache off), the batch job, overhead, accuracy; every ratio over the TF ceiling."""
+    report, tf_best = bench.report, bench.ceiling.best_images_per_s
+    blobs = [pet_image(i) for i in range(16)]
+    warm = write_inputs(ws.root / "jobs" / "v-warm", blobs, 32)
+    timed = write_inputs(ws.root / "jobs" / "v-timed", blobs, images)
+    concurrency = bench.concurrency
+    bench.concurrency = [c for c in concurrency if c in (8, 32)] or [8, 32]
+    try:
+        for name in VARIANTS:
+            model = _variant_model(bench, ws, name)
+            ceiling = measure_ceiling(model, (1, 8, 32), seconds)
+            for batch, rate in ceiling.by_batch.items():
+                report.add(Figure("variants", f"{name} in-process batch {batch}", rate, "img/s",
+                                  rate / tf_best, cpu_ms=None))
+            measured = accuracy(model, bench.model)
+            report.add(Figure("variants", f"{name} mIoU (synthetic trimaps)",
+                              measured.mean_iou, "mIoU"))
+            report.add(Figure("variants", f"{name} pixel agreement with the SavedModel",
+                              measured.pixel_agreement, "share"))
+            pipeline = pipeline_rate(model, blobs, 8 * 16)
+            report.add(Figure("variants", f"{name} in-process decode+model+PNG", pipeline,
+                              "img/s", pipeline / tf_best))
+            env = {**bench.api_env, "MASKFLEET_MODEL_VARIANT": name}
+            with servers.running(servers.start_api(ws.logs, models=ws.models,
+                                                   redis_url=redis_url, cache=False,
+                                                   extra_env=env)) as api:
+                _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
+                figures = bench.load("variants", f"{name} API segment, cache off",
+                                     f"{api.url}/v1/segment", ws.jpeg, "image/jpeg", api,
+                                     metrics=f"{api.url}/metrics")
+                for connections, f in figures.items():
+                    overhead = (f.cpu_ms or 0.0) - ceiling.best_cpu_ms_per_image
+                    o = report.add(Figure("variants", f"{name} overhead c={connections}",
+                                          overhead, "core-ms/request",
+                                          extra={"cpu_ms": f.cpu_ms, "model_cpu_ms":
+                                                 ceiling.best_cpu_ms_per_image}))
+                    o.target = f"<= {OVERHEAD_TARGET_MS} core-ms"
+                    o.met = overhead <= OVERHEAD_TARGET_MS
+                if 32 in figures and name == "int8":
+                    f = figures[32]
+                    f.target = f">= {VARIANT_API_TARGET} x TF ceiling"
+                    f.met = (f.ratio_to_ceiling or 0) >= VARIANT_API_TARGET
+                if 8 in figures:
+                    f = figures[8]
+                    bound = 8000 / ceiling.best_images_per_s
+                    f.target = f"p99 <= {VARIANT_P99_TARGET:g} x queueing bound ({bound:.0f} ms)"
+                    f.met = f.p99_ms is not None and f.p99_ms <= VARIANT_P99_TARGET * bound
+                with servers.running(servers.start_worker(ws.logs, models=ws.models,
+                                                          redis_url=redis_url,
+                                                          extra_env=env)) as worker:
+                    run_job(api.url, str(warm), str(ws.root / "masks" / f"{name}-warm"),
+                            chunk_size=chunk_size)
+                    with bench.around() as nearby:
+                        cpu = worker.cpu_seconds()
+                        job = run_job(api.url, str(timed), str(ws.root / "masks" / name),
+                                      chunk_size=chunk_size)
+                        cpu = worker.cpu_seconds() - cpu
+            if job.state != "succeeded" or job.failed:
+                raise RuntimeError(f"{name} batch job ended {job.state} ({job.failed} errors)")
+            f = report.add(bench.figure("variants", f"{name} batch job of {images} JPEGs",
+                                        job.per_second, cpu, job.images, nearby[0]))
+            f.extra["x_pipeline"] = round(job.per_second / pipeline, 3)
+            f.target = (f">= {PIPELINE_TARGET} x in-process pipeline"
+                        + (f", >= {VARIANT_BATCH_TARGET} x TF ceiling" if name == "int8" else ""))
+            f.met = job.per_second >= PIPELINE_TARGET * pipeline and (
+                name != "int8" or (f.ratio_to_ceiling or 0) >= VARIANT_BATCH_TARGET)
+    finally:
+        bench.concurrency = concurrency
+
+
+def _prepare(root: Path, variants: bool) -> tuple[Workspace, LoadedModel]:
     """Export the PRODUCT.md model once and publish that very SavedModel for the servers."""
     config = UNetConfig()
     saved_model = export_savedmodel(build_unet(config), root / "export")
@@ -385,7 +477,9 @@ def _prepare(root: Path) -> tuple[Workspace, LoadedModel]:
     logs = root / "logs"
     logs.mkdir()
     model = LoadedModel(saved_model, name="unet", version=version)
-    return Workspace(root, saved_model, models, jpeg, logs, config.input_size), model
+    if variants:
+        publish_variants(repository, "unet", version, saved_model, root / "variants", model)
+    return Workspace(root, saved_model, models, jpeg, logs, config.input_size, version), model
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -434,6 +528,10 @@ def _context(wanted: list[str], api_env: list[str]) -> dict[str, object]:
         "overload": "capacity = wrk c=32 throughput (and its p99), then an open-loop "
                     "generator offers 2x that rate for --overload-seconds; goodput counts "
                     "200s only; shed answers are the 503s",
+        "variants": "api/cache/batch sections serve the SavedModel; the variants section serves "
+                    "each build (MASKFLEET_MODEL_VARIANT) and divides by the same TF ceiling; "
+                    "overhead = server CPU per request - the variant's model CPU per image at "
+                    "its best batch",
         "sections": wanted,
         "api_env": api_env,
     }
@@ -446,11 +544,12 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(context=_context(wanted, args.api_env))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maskfleet-bench-") as tmp:
-        ws, model = _prepare(Path(tmp))
+        ws, model = _prepare(Path(tmp), "variants" in wanted)
         bench = Bench(report, model, _ceiling_section(report, model, args.seconds),
                       args.concurrency, args.load_seconds, args.warmup_seconds,
                       args.nearby_seconds, Profiler(args.profile),
-                      dict(item.split("=", 1) for item in args.api_env))
+                      {"MASKFLEET_MODEL_VARIANT": SAVEDMODEL,
+                       **dict(item.split("=", 1) for item in args.api_env)})
         with servers.running(servers.start_redis(ws.logs)) as redis:
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
             if "api" in wanted:
@@ -468,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
                     if "batch" in wanted:
                         _batch_section(bench, api, ws, redis_url, args.batch_images,
                                        args.chunk_size)
+            if "variants" in wanted:
+                _variants_section(bench, ws, redis_url, args.seconds, args.batch_images,
+                                  args.chunk_size)
         if "baseline" in wanted:
             _baseline_section(bench, ws)
         if "training" in wanted:

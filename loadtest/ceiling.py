@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.model.serving import LoadedModel
+from shared.model.runtime import SegmentationModel
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Ceiling:
     """Process CPU time per image at the best batch size: what serving one image must cost."""
 
 
-def _rate(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float, float]:
+def _rate(model: SegmentationModel, batch: int, seconds: float) -> tuple[float, float, float]:
     """Images/s, mean ms per call and CPU ms per image, running for about `seconds`."""
     images = np.random.default_rng(0).random(
         (batch, model.input_size, model.input_size, 3), dtype=np.float32
@@ -42,7 +42,7 @@ def _rate(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float,
 
 
 def measure_ceiling(
-    model: LoadedModel, batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32), seconds: float = 3.0
+    model: SegmentationModel, batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32), seconds: float = 3.0
 ) -> Ceiling:
     by_batch: dict[int, float] = {}
     cpu_ms: dict[int, float] = {}

@@ -143,12 +143,13 @@ def start_api(logs: Path, *, models: Path, redis_url: str, cache: bool,
     return api.start(lambda: http_ok(f"{api.url}/readyz"))
 
 
-def start_worker(logs: Path, *, models: Path, redis_url: str) -> Process:
+def start_worker(logs: Path, *, models: Path, redis_url: str,
+                 extra_env: Mapping[str, str] | None = None) -> Process:
     """One Celery worker as docs/batch.md runs it; its metrics port opens once it is warm."""
     port = free_port()
     env = {**_common_env(), "MASKFLEET_MODEL_REPOSITORY": str(models),
            "MASKFLEET_STATE_REDIS_URL": redis_url, "MASKFLEET_WORKER_METRICS_PORT": str(port),
-           "MASKFLEET_CACHE_DIR": str(logs / "worker-cache")}
+           "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"), **(extra_env or {})}
     argv = [str(BIN / "celery"), "-A", "services.worker.app", "worker", "--pool=solo",
             "--concurrency=1", "-Q", "maskfleet", "--without-mingle", "--without-gossip",
             "--loglevel=WARNING", "-n", f"bench-{port}@%h"]

@@ -1,7 +1,10 @@
 """The model repository: `<root>/<model>/<version>/` (TF Serving layout) plus stage pointers.
 
 A version is visible only once its `COMPLETE` marker exists; the marker is written after every
-other file, so a publish that crashes half-way leaves nothing a reader would load. This does
+other file, so a publish that crashes half-way leaves nothing a reader would load. Variants
+(`<version>/variants/<name>/`, see `shared.model.variants`) follow the same rule: published with
+the version they go before its marker; added later (`add_variants`) their files go first and
+`metadata.json`, which is what lists them, is rewritten last (one object write, atomic). This does
 not rely on GCS generation preconditions (the emulator ignores them). Version numbers are
 never reused, even after a crashed publish, so caches keyed by version stay correct.
 
@@ -30,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.errors import ModelNotFound, ObjectNotFound, PublishConflict, VersionNotFound
+from shared.model.variants import VARIANTS_DIR, VariantRecord
 from shared.settings import Stage
 from shared.storage import Storage, folder, join, storage_for
 
@@ -56,6 +60,8 @@ class VersionMetadata(BaseModel):
     dataset_fingerprint: str = ""
     config: dict[str, Any] = Field(default_factory=dict)
     parent_version: int | None = None
+    variants: dict[str, VariantRecord] = Field(default_factory=dict)
+    """Optimized builds that passed the accuracy gate, by name (`<version>/variants/<name>/`)."""
 
 
 class StagePointer(BaseModel):
@@ -101,16 +107,24 @@ class ModelRepository:
         raw = self.storage.read(self._uri(model, str(version), METADATA))
         return VersionMetadata.model_validate_json(raw)
 
-    def publish(self, model: str, saved_model: Path, metadata: VersionMetadata) -> int:
-        """Upload a SavedModel as the next free version; the marker goes last."""
+    def publish(self, model: str, saved_model: Path, metadata: VersionMetadata,
+                variants: Path | None = None) -> int:
+        """Upload a SavedModel (and the variant folders under `variants`, one per name listed
+        in `metadata.variants`) as the next free version; the marker goes last."""
+        missing = [n for n in metadata.variants if variants is None or not (variants / n).is_dir()]
+        if missing:
+            raise ValueError(f"variants {missing} are listed but have no folder to publish")
         version, claim = self._claim(model)
         prefix = self._uri(model, str(version))
         ours = {MARKER, METADATA}
         for path in sorted(p for p in saved_model.rglob("*") if p.is_file()):
             relative = path.relative_to(saved_model).as_posix()
-            if relative in ours or relative.startswith(CLAIM_PREFIX):
+            if relative in ours or relative.startswith((CLAIM_PREFIX, VARIANTS_DIR + "/")):
                 continue  # a version folder imported as is: its marker must not go first
             self.storage.write(join(prefix, relative), path.read_bytes())
+        for name in sorted(metadata.variants):
+            assert variants is not None
+            self._upload(variants / name, join(prefix, VARIANTS_DIR, name))
         stamped = metadata.model_copy(update={"model": model, "version": version})
         self.storage.write(join(prefix, METADATA), stamped.model_dump_json(indent=2).encode(),
                            "application/json")
@@ -118,6 +132,26 @@ class ModelRepository:
         self.storage.delete(claim)
         log.info("published version", extra={"model": model, "version": version})
         return version
+
+    def _upload(self, source: Path, prefix: str) -> None:
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            self.storage.write(join(prefix, path.relative_to(source).as_posix()),
+                               path.read_bytes())
+
+    def add_variants(self, model: str, version: int, variants: Path,
+                     records: dict[str, VariantRecord]) -> VersionMetadata:
+        """Publish variants of an existing version: their files first, then the metadata that
+        lists them, so a reader never sees a listed variant whose files are incomplete."""
+        metadata = self.metadata(model, version)
+        prefix = self._uri(model, str(version))
+        for name in sorted(records):
+            self._upload(variants / name, join(prefix, VARIANTS_DIR, name))
+        updated = metadata.model_copy(update={"variants": {**metadata.variants, **records}})
+        self.storage.write(join(prefix, METADATA), updated.model_dump_json(indent=2).encode(),
+                           "application/json")
+        log.info("published variants", extra={"model": model, "version": version,
+                                              "variants": sorted(records)})
+        return updated
 
     def _claim(self, model: str) -> tuple[int, str]:
         """The next version number nobody else is writing, and the URI of our claim on it."""
@@ -225,6 +259,26 @@ class ModelRepository:
             shutil.rmtree(staging, ignore_errors=True)
         target.touch()
         _prune(target.parent, keep)
+        return target
+
+    def download_variant(self, model: str, version: int, variant: str, cache_dir: Path) -> Path:
+        """Make sure a variant added after the version was downloaded is in the local copy."""
+        target = self.download(model, version, cache_dir) / VARIANTS_DIR / variant
+        if target.is_dir():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=f".{variant}-"))
+        try:
+            self.storage.download_tree(self._uri(model, str(version), VARIANTS_DIR, variant),
+                                       staging)
+            if not any(staging.iterdir()):
+                raise ModelNotFound(f"{model} version {version} has no variant {variant!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():  # another process won the rename: theirs is as good
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target
 
 

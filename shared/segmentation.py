@@ -6,6 +6,7 @@ same image and the same model version.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,12 @@ from shared.imaging import (
     mask_from_class_ids,
     preprocess,
 )
+from shared.model.runtime import SAVEDMODEL, SegmentationModel
 from shared.model.serving import LoadedModel
+from shared.model.variants import VariantRecord, choose, load_variant
 from shared.repository import ModelRepository
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def finish(class_ids: np.ndarray, original: tuple[int, int]) -> Segmentation:
 
 
 def segment_many(
-    model: LoadedModel, blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
+    model: SegmentationModel, blobs: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> list[Segmentation | MaskfleetError]:
     """Segment in one model call; a bad image becomes its error, not a failed batch."""
     prepared: list[Prepared | MaskfleetError] = []
@@ -103,8 +108,24 @@ def segment_many(
 
 
 def load_model(
-    repository: ModelRepository, name: str, version: int, cache_dir: Path
-) -> LoadedModel:
-    """Download a version into the local cache (once) and load its signature."""
+    repository: ModelRepository, name: str, version: int, cache_dir: Path, *,
+    variant: str = SAVEDMODEL, threads: int = 0, batch: int = 16,
+) -> SegmentationModel:
+    """Download a version into the local cache (once) and load the variant `variant` names
+    (`auto`: the fastest on this machine at `batch` images), the SavedModel as fallback."""
     local = repository.download(name, version, cache_dir)
-    return LoadedModel(local, name=name, version=version)
+    listed: dict[str, VariantRecord] = {}
+    if variant != SAVEDMODEL:
+        try:  # read from the repository: variants may have been added after the download
+            listed = dict(repository.metadata(name, version).variants)
+        except MaskfleetError as exc:
+            log.warning("no variant list; serving the SavedModel", extra={"error": exc.detail})
+
+    def open_variant(which: str) -> SegmentationModel:
+        if which == SAVEDMODEL:
+            return LoadedModel(local, name=name, version=version)
+        repository.download_variant(name, version, which, cache_dir)
+        return load_variant(local, which, listed[which], model=name, version=version,
+                            threads=threads)
+
+    return choose(variant, listed, open_variant, batch=batch)

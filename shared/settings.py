@@ -53,6 +53,15 @@ class ServiceSettings(BaseSettings):
     redis_tls_ca_file: str | None = None
     """CA bundle verifying `rediss://` servers of either role; unset: the system CAs."""
 
+    model_variant: str = Field(default="auto", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    """Runtime build of the version to serve: `auto` (the fastest published variant, timed on
+    this machine during warm-up), `savedmodel` (TensorFlow, the reference) or a variant name
+    such as `int8`. A missing or broken variant falls back to the SavedModel."""
+
+    model_threads: int = Field(default=0, ge=0, le=256)
+    """Threads an OpenVINO variant computes with; 0 sizes them from the CPU limit as
+    TensorFlow's pools are (`cpu_limit`, else the cgroup quota, else the visible cores)."""
+
     cache_dir: str = "/tmp/maskfleet"
     """Local directory where downloaded model versions are cached."""
 

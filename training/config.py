@@ -119,6 +119,32 @@ class GateConfig(_Section):
     """How much lower than production's mean IoU (same held-out split) a candidate may be."""
 
 
+class VariantsConfig(_Section):
+    """Optimized runtime builds made after the gate, each kept only within the accuracy budget.
+
+    The budget's defaults follow MACHINE.md: with ~100 held-out images the mean IoU is only
+    known to about +-0.2 pt, so a budget much tighter than 0.3 pt would reject on noise.
+    """
+
+    build: tuple[Literal["fp32", "int8"], ...] = ("fp32", "int8")
+    """OpenVINO IR builds to make: `fp32` (plain conversion) and `int8` (NNCF post-training
+    quantization); empty builds none."""
+
+    max_mean_iou_loss: float = Field(default=0.005, ge=0.0, le=1.0)
+    """Largest held-out mean IoU drop against the SavedModel (0.005 = 0.5 pt)."""
+
+    min_pixel_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    """Smallest share of held-out mask pixels equal to the SavedModel's."""
+
+    calibration_images: int = Field(default=200, ge=1, le=10_000)
+    """Training-split images (a seeded sample; never held-out ones) int8 is calibrated on."""
+
+    calibration_seed: int = 0
+
+    speed_batch: int = Field(default=16, ge=1, le=256)
+    """Batch at which the speed recorded in metadata.json is measured."""
+
+
 class TrainingConfig(_Section):
     model: UNetConfig = UNetConfig()
     data: DataConfig
@@ -126,6 +152,7 @@ class TrainingConfig(_Section):
     checkpoint: CheckpointConfig
     repository: RepositoryConfig = RepositoryConfig()
     gate: GateConfig = GateConfig()
+    variants: VariantsConfig = VariantsConfig()
 
     def resolved(self, settings: ServiceSettings) -> TrainingConfig:
         """Fill what the environment decides (repository URI and model name)."""

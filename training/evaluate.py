@@ -7,7 +7,7 @@ the same resize-back the API applies: the metrics describe what users receive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,7 +21,7 @@ from shared.imaging import (
     mask_from_class_ids,
     preprocess,
 )
-from shared.model.serving import LoadedModel
+from shared.model.runtime import SegmentationModel
 from training.data import LocalPair
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -56,17 +56,39 @@ def _load(pair: LocalPair, size: int) -> tuple[FloatImage, Mask]:
     return pixels, decode_mask(pair.trimap.read_bytes())
 
 
-def evaluate(
-    model: LoadedModel, pairs: Sequence[LocalPair], batch_size: int = 16
-) -> dict[str, float]:
-    """Metrics of `model` over `pairs`, accumulated as one confusion matrix over all pixels."""
-    total: Confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+def predict(model: SegmentationModel, pairs: Sequence[LocalPair],
+            batch_size: int = 16) -> Iterator[tuple[Mask, Mask]]:
+    """(predicted mask, true mask) per pair, both at the image's own resolution."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             loaded = list(pool.map(lambda p: _load(p, model.input_size), chunk))
             ids = model.class_ids(np.stack([pixels for pixels, _ in loaded]))
             for class_ids, (_, truth) in zip(ids, loaded, strict=True):
-                predicted = mask_from_class_ids(class_ids, (truth.shape[1], truth.shape[0]))
-                total += confusion(truth, predicted)
+                yield mask_from_class_ids(class_ids, (truth.shape[1], truth.shape[0])), truth
+
+
+def evaluate(
+    model: SegmentationModel, pairs: Sequence[LocalPair], batch_size: int = 16
+) -> dict[str, float]:
+    """Metrics of `model` over `pairs`, accumulated as one confusion matrix over all pixels."""
+    total: Confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for predicted, truth in predict(model, pairs, batch_size):
+        total += confusion(truth, predicted)
     return metrics_from_confusion(total)
+
+
+def evaluate_against(
+    model: SegmentationModel, reference: Sequence[Mask], pairs: Sequence[LocalPair],
+    batch_size: int = 16,
+) -> tuple[dict[str, float], float]:
+    """Metrics of `model` over `pairs` and the share of its mask pixels equal to `reference`
+    (the SavedModel's predicted masks for the same pairs, in order)."""
+    total: Confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    equal = pixels = 0
+    predictions = predict(model, pairs, batch_size)
+    for (predicted, truth), expected in zip(predictions, reference, strict=True):
+        total += confusion(truth, predicted)
+        equal += int(np.count_nonzero(predicted == expected))
+        pixels += predicted.size
+    return metrics_from_confusion(total), round(equal / pixels, 6) if pixels else 0.0

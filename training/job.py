@@ -1,9 +1,14 @@
-"""The retraining job: data -> train (resumable) -> export -> evaluate -> gate -> publish.
+"""The retraining job: data -> train (resumable) -> export -> evaluate -> gate -> variants ->
+publish.
 
 Everything a run leaves behind is addressed by its run id: checkpoints under
 `<checkpoint.root>/<run id>/checkpoints/` and the run id in the published version's metadata.
 Restarting the same run therefore resumes training, and restarting it after it published does
 not publish twice.
+
+After the gate, optimized variants (OpenVINO fp32/int8, `training.variants`) are built and
+gated against the SavedModel; those within the accuracy budget are published inside the
+version, atomically with it. A variant that fails never blocks the SavedModel's publish.
 
 Checkpoints are deleted after a successful publish (`checkpoint.keep_after_publish: true` keeps
 them): the published SavedModel is the artefact and a checkpoint only exists to resume. After a
@@ -43,6 +48,7 @@ from training.publish import (
 )
 from training.settings import TrainingSettings
 from training.trainer import CheckpointStore, train
+from training.variants import build_variants
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REJECTED = 0, 1, 2, 3
 Status = Literal["published", "already_published", "rejected"]
@@ -147,13 +153,17 @@ def run(config: TrainingConfig, settings: TrainingSettings, run_id: str) -> JobR
                            total_seconds=round(time.perf_counter() - started, 2))
             return JobResult("rejected", summary, outcome.model)
 
+        variants = build_variants(export_dir, loaded, work / "variants", train=dataset.train,
+                                  validation=dataset.validation, config=config.variants,
+                                  reference_metrics=metrics)
+        summary["variants"] = variants.summary()
         metadata = VersionMetadata(
             model=model_name, version=0, metrics=metrics,
             dataset_fingerprint=dataset.fingerprint,
             config={**config.model_dump(mode="json"), RUN_ID_KEY: run_id},
-            parent_version=parent,
+            parent_version=parent, variants=variants.passed,
         )
-        version, stages = publish(repository, model_name, export_dir, metadata)
+        version, stages = publish(repository, model_name, export_dir, metadata, variants.root)
         if not config.checkpoint.keep_after_publish:
             stores[0].delete_remote()
         summary.update(status="published", version=version, stages=stages,

@@ -74,9 +74,10 @@ def ensure_stages(repository: ModelRepository, model: str, version: int) -> list
 
 
 def publish(repository: ModelRepository, model: str, export_dir: Path,
-            metadata: VersionMetadata) -> tuple[int, list[str]]:
-    """Publish atomically, then move `candidate` (and `production` if there is none)."""
-    version = repository.publish(model, export_dir, metadata)
+            metadata: VersionMetadata, variants: Path | None = None) -> tuple[int, list[str]]:
+    """Publish atomically (with the variants `metadata` lists, from `variants/<name>/`), then
+    move `candidate` (and `production` if there is none)."""
+    version = repository.publish(model, export_dir, metadata, variants)
     stages = [CANDIDATE]
     repository.set_stage(model, CANDIDATE, version)
     if repository.stage(model, PRODUCTION) is None:

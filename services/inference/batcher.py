@@ -49,6 +49,7 @@ class BatchResult:
     class_ids: npt.NDArray[np.int32]
     model: str
     version: int
+    variant: str
     input_size: int
 
 
@@ -221,21 +222,21 @@ class Batcher:
         fresh = [item for item in batch if item.pixels.shape[1:3] == (size, size)]
         results: dict[int, BatchResult] = {}
         if fresh:
-            version = str(served.version)
+            labels = (str(served.version), served.variant)
             now = time.monotonic()
             for item in fresh:
-                self._metrics.batch_queue.labels(version).observe(now - item.enqueued)
+                self._metrics.batch_queue.labels(*labels).observe(now - item.enqueued)
             images = np.concatenate([item.pixels for item in fresh]) if len(fresh) > 1 \
                 else fresh[0].pixels
             started = time.perf_counter()
             ids = served.model.class_ids(images)
-            self._metrics.model_inference.labels(version).observe(time.perf_counter() - started)
-            self._metrics.batch_size.labels(version).observe(len(images))
+            self._metrics.model_inference.labels(*labels).observe(time.perf_counter() - started)
+            self._metrics.batch_size.labels(*labels).observe(len(images))
             offset = 0
             for item in fresh:
                 k = len(item.pixels)
                 results[id(item)] = BatchResult(ids[offset:offset + k], served.name,
-                                                served.version, size)
+                                                served.version, served.variant, size)
                 offset += k
         return [results.get(id(item)) or StaleInput() for item in batch]
 

@@ -1,6 +1,7 @@
 """Redis result cache: a mask computed once is served again without touching the model.
 
-The key names everything that determines the mask: model name, version, the preprocessing
+The key names everything that determines the mask: model name, version, variant (an int8
+build may answer a few pixels differently from the SavedModel), the preprocessing
 (id and input size) and the SHA-256 of the image bytes, so a new version or a preprocessing
 change can never serve a stale mask. The cache is an optimisation, never a dependency: every
 Redis error or timeout (short socket timeouts, no client retries) is counted and the request
@@ -29,8 +30,10 @@ KEY_PREFIX = "maskfleet:mask"
 log = logging.getLogger(__name__)
 
 
-def cache_key(model: str, version: int, input_size: int, image_sha256: str) -> str:
-    return f"{KEY_PREFIX}:{model}:{version}:{PREPROCESSING_ID}@{input_size}:{image_sha256}"
+def cache_key(model: str, version: int, variant: str, input_size: int,
+              image_sha256: str) -> str:
+    return (f"{KEY_PREFIX}:{model}:{version}/{variant}:{PREPROCESSING_ID}@{input_size}:"
+            f"{image_sha256}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from shared.errors import ModelNotFound, ModelNotReady, NotFound, VersionNotFound
+from shared.model.runtime import SAVEDMODEL
 
 from .admission import Deadline, oip_timeout
 from .model_holder import ModelHolder, ServedModel
@@ -41,7 +42,9 @@ T = TypeVar("T")
 
 SERVER_NAME = "maskfleet"
 EXTENSIONS = ("binary_tensor_data",)
-PLATFORM = "tensorflow_savedmodel"
+PLATFORMS = {SAVEDMODEL: "tensorflow_savedmodel"}
+"""KServe platform names by variant; every other variant is an OpenVINO IR build."""
+OPENVINO_PLATFORM = "openvino_ir"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class InferResponse:
     outputs: list[OutputTensor]
     binary: dict[str, bool]
     """Output name -> the caller asked for it as binary data (REST's extension)."""
+    variant: str = SAVEDMODEL
+    """The runtime build that answered (`X-Model-Version: <version>/<variant>`)."""
 
 
 def server_version() -> str:
@@ -154,9 +159,11 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         served = self.served(name, version)
         return ModelMetadata(
-            name=served.name, versions=(str(served.version),), platform=PLATFORM,
+            name=served.name, versions=(str(served.version),),
+            platform=PLATFORMS.get(served.variant, OPENVINO_PLATFORM),
             inputs=INPUTS, outputs=OUTPUTS,
             parameters={"stage": served.stage, "input_size": served.input_size,
+                        "variant": served.variant,
                         "note": "send exactly one input: UINT8 pixels or BYTES encoded images"})
 
     def model_ready(self, name: str, version: str | None) -> bool:
@@ -221,4 +228,5 @@ class DataPlane:
 def _render(render: Callable[[InferResponse], T], batch: MaskBatch, answer_id: str,
             outputs: dict[str, bool]) -> T:
     tensors = output_tensors(batch.masks, list(outputs))
-    return render(InferResponse(batch.model, batch.version, answer_id, tensors, outputs))
+    return render(InferResponse(batch.model, batch.version, answer_id, tensors, outputs,
+                                batch.variant))

@@ -10,11 +10,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-HTTP_LABELS = ("route", "method", "status", "version", "protocol")
+HTTP_LABELS = ("route", "method", "status", "version", "variant", "protocol")
 """`protocol` is `http` (REST) or `grpc`: gRPC calls are counted in the same series, with the
 full method name as `route`, `POST` as method and the HTTP status of the same error as
 `status` (`grpc_v2.status` maps them), so error-rate alerts and the rollout readout see both
 transports alike."""
+MODEL_LABELS = ("version", "variant")
+"""Every model-side series says which version and which runtime build (`savedmodel`, `int8`...)
+answered, so an A/B comparison never mixes a quantized build with the reference."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 IOU_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -28,7 +31,7 @@ class ApiMetrics:
         r = self.registry
         self.http_requests = Counter(
             "maskfleet_http_requests", "Requests (REST and gRPC) by route template, method, "
-            "status, model version and protocol", HTTP_LABELS, registry=r)
+            "status, model version, variant and protocol", HTTP_LABELS, registry=r)
         self.http_duration = Histogram(
             "maskfleet_http_request_duration_seconds", "Request latency, REST and gRPC "
             "(server side)",
@@ -37,13 +40,14 @@ class ApiMetrics:
             "maskfleet_http_requests_in_flight", "Requests being processed (scrapes excluded)",
             registry=r)
         self.batch_size = Histogram(
-            "maskfleet_batch_size", "Images per model call", ["version"],
+            "maskfleet_batch_size", "Images per model call", MODEL_LABELS,
             buckets=BATCH_BUCKETS, registry=r)
         self.batch_queue = Histogram(
-            "maskfleet_batch_queue_seconds", "Time an image waited for its batch", ["version"],
+            "maskfleet_batch_queue_seconds", "Time an image waited for its batch",
+            MODEL_LABELS,
             buckets=LATENCY_BUCKETS, registry=r)
         self.model_inference = Histogram(
-            "maskfleet_model_inference_seconds", "Duration of one model call", ["version"],
+            "maskfleet_model_inference_seconds", "Duration of one model call", MODEL_LABELS,
             buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("maskfleet_cache_hits", "Result cache hits", registry=r)
         self.cache_misses = Counter(
@@ -53,24 +57,25 @@ class ApiMetrics:
             "maskfleet_cache_errors", "Redis errors and timeouts of the result cache", registry=r)
         self.model_info = Gauge(
             "maskfleet_model_info", "1 for the model version being served",
-            ["model", "version", "stage", "role"], registry=r)
+            ["model", "version", "variant", "stage", "role"], registry=r)
         self.model_ready = Gauge(
             "maskfleet_model_ready", "1 once a model version is loaded and warm",
             ["model", "role"], registry=r)
         self.model_load_seconds = Gauge(
             "maskfleet_model_load_seconds", "Time to download, load and warm up a version",
-            ["model", "version"], registry=r)
+            ["model", "version", "variant"], registry=r)
         self.model_swaps = Counter(
             "maskfleet_model_swaps", "Hot swaps to a new version after a stage change",
             ["model"], registry=r)
         self.model_eval_metric = Gauge(
             "maskfleet_model_eval_metric", "Evaluation metrics of the served version "
-            "(from its metadata.json)", ["model", "version", "metric"], registry=r)
+            "(from its metadata.json; a variant's own held-out figures)",
+            ["model", "version", "variant", "metric"], registry=r)
         self.feedback = Counter(
-            "maskfleet_feedback", "Corrected masks received", ["version"], registry=r)
+            "maskfleet_feedback", "Corrected masks received", MODEL_LABELS, registry=r)
         self.feedback_iou = Histogram(
             "maskfleet_feedback_iou", "IoU of the served mask against the corrected one",
-            ["version"], buckets=IOU_BUCKETS, registry=r)
+            MODEL_LABELS, buckets=IOU_BUCKETS, registry=r)
         self.requests_shed = Counter(
             "maskfleet_requests_shed", "Requests refused at once with 503 because a bounded "
             "queue or the pixel budget was full", ["reason"], registry=r)

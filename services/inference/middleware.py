@@ -8,7 +8,8 @@ nginx's "client closed request".
 
 Pure ASGI (no BaseHTTPMiddleware) because it runs on every request of a latency-bound API.
 The `route` label is the matched path template, so /v2/models/{name}/infer stays one series;
-`version` is the X-Model-Version the endpoint answered with ("none" for non-model routes).
+`version` and `variant` come from the X-Model-Version the endpoint answered with
+(`<version>/<variant>`, "none" for non-model routes).
 Scrapes of /metrics are not counted, so watching the API does not change what it reports.
 With `access_log` each request also leaves one JSON line naming its caller: the key id the
 auth dependency put on `request.state.caller` (never the key), or `-` for public routes.
@@ -106,7 +107,8 @@ class RequestContext:
                     await watcher
             m.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", UNMATCHED)
-            labels = (route, scope["method"], str(status), version, PROTOCOL)
+            version, _, variant = version.partition("/")
+            labels = (route, scope["method"], str(status), version, variant or "none", PROTOCOL)
             elapsed = time.perf_counter() - started
             m.http_requests.labels(*labels).inc()
             m.http_duration.labels(*labels).observe(elapsed)

@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client.metrics import MetricWrapperBase
 
+from shared.cpu import thread_count
 from shared.errors import MaskfleetError, ModelNotReady
+from shared.model.runtime import SegmentationModel
 from shared.repository import ModelRepository
 from shared.segmentation import load_model
 
@@ -32,16 +31,6 @@ PINNED = "pinned"
 """The `stage` label of a version chosen by MASKFLEET_MODEL_VERSION."""
 
 log = logging.getLogger(__name__)
-
-
-class SegmentationModel(Protocol):
-    """What serving needs from a model: `shared.model.serving.LoadedModel` fits."""
-
-    input_size: int
-
-    def class_ids(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]: ...
-
-    def warm_up(self, batch_sizes: tuple[int, ...] = ...) -> None: ...
 
 
 Loader = Callable[[int], SegmentationModel]
@@ -61,6 +50,17 @@ class ServedModel:
     @property
     def input_size(self) -> int:
         return self.model.input_size
+
+    @property
+    def variant(self) -> str:
+        """The runtime build answering (`savedmodel`, `int8`...): part of cache keys, metric
+        labels and `X-Model-Version`, so the rollout compares like with like."""
+        return self.model.variant
+
+    @property
+    def label(self) -> str:
+        """`<version>/<variant>`, as `X-Model-Version` and logs show it."""
+        return f"{self.version}/{self.variant}"
 
 
 class ModelHolder:
@@ -133,8 +133,11 @@ class ModelHolder:
                                         stage=settings.model_stage)
 
     def _load_from_repository(self, version: int) -> SegmentationModel:
-        return load_model(self._repository, self._settings.model_name, version,
-                          Path(self._settings.cache_dir))
+        s = self._settings
+        return load_model(self._repository, s.model_name, version, Path(s.cache_dir),
+                          variant=s.model_variant,
+                          threads=s.model_threads or thread_count(s.cpu_limit),
+                          batch=s.batch_max_size)
 
     def _prepare(self, version: int) -> ServedModel:
         """Load and warm one version (runs in a worker thread)."""
@@ -144,10 +147,14 @@ class ModelHolder:
         model.warm_up((1, self._settings.batch_max_size))
         seconds = time.perf_counter() - started
         try:
-            eval_metrics = dict(self._repository.metadata(name, version).metrics)
+            metadata = self._repository.metadata(name, version)
         except MaskfleetError:
-            eval_metrics = {}
+            eval_metrics: dict[str, float] = {}
+        else:
+            record = metadata.variants.get(model.variant)
+            eval_metrics = dict(record.metrics if record is not None else metadata.metrics)
         log.info("model version loaded", extra={"model": name, "version": version,
+                                                "variant": model.variant,
                                                 "load_seconds": round(seconds, 3)})
         return ServedModel(model, name, version, self._stage, seconds, eval_metrics)
 
@@ -157,17 +164,17 @@ class ModelHolder:
         m, role = self._metrics, self._settings.role
         if old is not None:
             m.model_swaps.labels(served.name).inc()
-            _remove(m.model_info, old.name, str(old.version), old.stage, role)
-            _remove(m.model_load_seconds, old.name, str(old.version))
+            _remove(m.model_info, old.name, str(old.version), old.variant, old.stage, role)
+            _remove(m.model_load_seconds, old.name, str(old.version), old.variant)
             for metric in old.eval_metrics:
-                _remove(m.model_eval_metric, old.name, str(old.version), metric)
+                _remove(m.model_eval_metric, old.name, str(old.version), old.variant, metric)
             log.info("model version swapped", extra={"model": served.name, "from_version":
-                                                     old.version, "to_version": served.version})
-        version = str(served.version)
-        m.model_info.labels(served.name, version, served.stage, role).set(1)
-        m.model_load_seconds.labels(served.name, version).set(served.load_seconds)
+                                                     old.label, "to_version": served.label})
+        version, variant = str(served.version), served.variant
+        m.model_info.labels(served.name, version, variant, served.stage, role).set(1)
+        m.model_load_seconds.labels(served.name, version, variant).set(served.load_seconds)
         for metric, value in served.eval_metrics.items():
-            m.model_eval_metric.labels(served.name, version, metric).set(value)
+            m.model_eval_metric.labels(served.name, version, variant, metric).set(value)
         m.model_ready.labels(served.name, role).set(1)
 
 

@@ -45,6 +45,7 @@ class MaskAnswer:
     mask: CachedMask
     model: str
     version: int
+    variant: str
     cached: bool
     image_sha256: str
 
@@ -56,6 +57,7 @@ class MaskBatch:
     masks: list[Mask]
     model: str
     version: int
+    variant: str
 
 
 class Segmenter:
@@ -108,17 +110,18 @@ class Segmenter:
                 image = memoryview(data)[:header.length]  # trailing bytes do not change a mask
                 digest = (_sha256(image) if header.length <= INLINE_BYTES
                           else await self._codec.run(_sha256, image, deadline=deadline))
-                hit = await self._cache.get(cache_key(served.name, served.version,
-                                                      served.input_size, digest))
+                hit = await self._cache.get(cache_key(
+                    served.name, served.version, served.variant, served.input_size, digest))
                 if hit is not None:
-                    return MaskAnswer(hit, served.name, served.version, True, digest)
+                    return MaskAnswer(hit, served.name, served.version, served.variant, True,
+                                      digest)
                 (prepared,), result = await self._run_encoded([data], [header], deadline)
                 mask = await self._codec.run(_cacheable, result.class_ids[0],
                                              prepared.original, deadline=deadline)
         # the batch may have run on a newer version than the lookup: file it under that one
-        await self._cache.put(cache_key(result.model, result.version, result.input_size,
-                                        digest), mask)
-        return MaskAnswer(mask, result.model, result.version, False, digest)
+        await self._cache.put(cache_key(result.model, result.version, result.variant,
+                                        result.input_size, digest), mask)
+        return MaskAnswer(mask, result.model, result.version, result.variant, False, digest)
 
     async def segment_encoded(self, blobs: Sequence[bytes], headers: Sequence[ImageHeader],
                               deadline: Deadline) -> MaskBatch:
@@ -126,7 +129,7 @@ class Segmenter:
         prepared, result = await self._run_encoded(blobs, headers, deadline)
         masks = await self._codec.run(_masks, result.class_ids,
                                       [p.original for p in prepared], deadline=deadline)
-        return MaskBatch(masks, result.model, result.version)
+        return MaskBatch(masks, result.model, result.version, result.variant)
 
     async def segment_pixels(self, images: npt.NDArray[np.uint8],
                              deadline: Deadline) -> MaskBatch:
@@ -145,7 +148,7 @@ class Segmenter:
                 continue
             masks = await self._codec.run(_masks, result.class_ids,
                                           [(width, height)] * len(images), deadline=deadline)
-            return MaskBatch(masks, result.model, result.version)
+            return MaskBatch(masks, result.model, result.version, result.variant)
         raise AssertionError("unreachable")
 
     @contextmanager

@@ -5,6 +5,7 @@
     import SAVEDMODEL_URI [--stage S]      publish a SavedModel as the next version
     promote [VERSION]                      production := VERSION (default: the candidate)
     rollback [--stage S]                   a stage back to its previous version
+    optimize VERSION                       build + gate OpenVINO fp32/int8 variants (training image)
 
 The repository and model default to MASKFLEET_MODEL_REPOSITORY and MASKFLEET_MODEL_NAME, the
 variables every maskfleet process reads, so inside a pod no flag is needed. Exit codes: 0 done,

@@ -20,6 +20,7 @@ from services.jobs.store import JobStore
 from services.worker.metrics import WorkerMetrics
 from services.worker.models import ModelCache
 from services.worker.settings import WorkerSettings
+from shared.cpu import thread_count
 from shared.errors import MaskfleetError
 from shared.repository import ModelRepository
 
@@ -40,7 +41,10 @@ class WorkerRuntime:
 
     @cached_property
     def models(self) -> ModelCache:
-        return ModelCache(self.repository, Path(self.settings.cache_dir))
+        s = self.settings
+        return ModelCache(self.repository, Path(s.cache_dir), variant=s.model_variant,
+                          threads=s.model_threads or thread_count(s.cpu_limit),
+                          batch=s.model_batch_size)
 
     @cached_property
     def metrics(self) -> WorkerMetrics:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from shared.errors import ModelNotFound
+from shared.model.runtime import SAVEDMODEL
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
@@ -46,6 +47,8 @@ def export_savedmodel(model: keras.Model, path: Path) -> Path:
 
 class LoadedModel:
     """A SavedModel version ready to segment batches of preprocessed images."""
+
+    variant = SAVEDMODEL
 
     def __init__(self, path: Path, *, name: str = "unet", version: int = 0) -> None:
         if not (path / "saved_model.pb").exists():

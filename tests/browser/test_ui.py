@@ -147,7 +147,7 @@ def test_segment_correct_send_and_compare(page: Page, ui_stack: UiStack,
     expect(page.locator("#compare-stable-caption")).to_contain_text("version 1")
     expect(page.locator("#compare-candidate-caption")).to_contain_text("version 2")
     candidate, version = served_mask(ui_stack, SAMPLE.read_bytes(), stage="candidate")
-    assert version == "2"
+    assert version == "2/savedmodel"
     agree = float(agreement.get_attribute("data-agreement") or "nan")
     assert agree == pytest.approx(float(np.mean(candidate == expected)), abs=1e-9)
     expect(agreement).to_contain_text(f"{100 * agree:.2f}%")

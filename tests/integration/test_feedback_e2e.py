@@ -131,7 +131,9 @@ def test_a_correction_is_stored_read_by_the_loader_and_measured(stack: Stack,
     image = photo(11, (96, 72))
     answer = segment(http, stack.api, image)
     assert answer.status_code == 200, answer.text
-    request_id, version = answer.headers["x-request-id"], answer.headers["x-model-version"]
+    request_id, answered = answer.headers["x-request-id"], answer.headers["x-model-version"]
+    version, _, variant = answered.partition("/")
+    assert variant == "savedmodel"
     token = answer.headers["x-feedback-token"]
     served = mask_of(answer)
     fixed = correct(served)

@@ -54,7 +54,7 @@ def client() -> Iterator[httpx.Client]:
 def test_an_image_comes_back_as_a_trimap_at_its_own_resolution(api, client, fmt, size):
     answer = segment(client, api, photo(1, size, fmt), CONTENT_TYPES[fmt])
     assert answer.status_code == 200
-    assert answer.headers["x-model-version"] == "1"
+    assert answer.headers["x-model-version"] == "1/savedmodel"
     assert answer.headers["x-cache"] == "miss"
     assert answer.headers["x-request-id"]
     assert_trimap(mask_of(answer), *size)

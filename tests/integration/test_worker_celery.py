@@ -258,7 +258,7 @@ def test_a_job_of_50_images_gives_the_masks_of_the_live_api(
                          headers={"content-type": "image/png" if line.input.endswith(".png")
                                   else "image/jpeg"})
         assert live.status_code == 200, live.text
-        assert live.headers["x-model-version"] == "1"
+        assert live.headers["x-model-version"] == "1/savedmodel"
         np.testing.assert_array_equal(mask, decode_mask(live.content), err_msg=line.input)
     assert f"{gcs_bucket}/masks/nested/pet00.png" in {x.output for x in lines}
 

@@ -120,7 +120,8 @@ def send(client: TestClient, token: str, mask_png: bytes):
 
 
 def metric(client: TestClient, name: str, version: str = "1") -> float:
-    value = client.app.state.metrics.registry.get_sample_value(name, {"version": version})
+    value = client.app.state.metrics.registry.get_sample_value(name, {"version": version,
+                                                                  "variant": "savedmodel"})
     return value or 0.0
 
 

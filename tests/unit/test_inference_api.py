@@ -32,6 +32,9 @@ class ThresholdModel:
     """Bright pixels are pet (1), mid grey background (2), dark border (3)."""
 
     input_size = 32
+    name = "unet"
+    variant = "savedmodel"
+    load_seconds = 0.0
 
     def __init__(self, version: int) -> None:
         self.version = version
@@ -117,7 +120,7 @@ def test_the_mask_comes_back_as_png_at_the_input_resolution(client):
     answer = segment(client, half_white(200, 100))
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/png"
-    assert answer.headers["x-model-version"] == "1"
+    assert answer.headers["x-model-version"] == "1/savedmodel"
     assert len(answer.headers["x-request-id"]) >= 16
     mask = mask_of(answer.content)
     assert mask.shape == (100, 200)
@@ -139,7 +142,7 @@ def test_a_repeat_is_a_cache_hit_with_identical_bytes(client, redis):
     first, second = segment(client, image), segment(client, image)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
     assert first.content == second.content
-    assert any(":unet:1:" in key for key in redis.data)
+    assert any(":unet:1/savedmodel:" in key for key in redis.data)
 
 
 @pytest.mark.parametrize("how", ["query", "accept"])
@@ -278,12 +281,13 @@ def test_metrics_describe_the_served_model_and_traffic(client):
     segment(client, half_white(30, 30))
     client.get("/metrics")
     text = client.get("/metrics").text
-    assert 'maskfleet_model_info{model="unet",role="canary",stage="production",version="1"} 1.0' \
-        in text
+    assert ('maskfleet_model_info{model="unet",role="canary",stage="production",'
+            'variant="savedmodel",version="1"} 1.0') in text
     assert 'maskfleet_model_ready{model="unet",role="canary"} 1.0' in text
-    assert 'maskfleet_model_eval_metric{metric="mean_iou",model="unet",version="1"} 0.1' in text
+    assert ('maskfleet_model_eval_metric{metric="mean_iou",model="unet",variant="savedmodel",'
+            'version="1"} 0.1') in text
     assert 'maskfleet_http_requests_total{method="POST",protocol="http",route="/v1/segment",' \
-           'status="200",version="1"}' in text
+           'status="200",variant="savedmodel",version="1"}' in text
     assert 'route="/metrics"' not in text  # scrapes are not traffic
     assert "maskfleet_batch_size_bucket" in text
     assert "maskfleet_cache_misses_total" in text

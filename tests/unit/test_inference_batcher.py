@@ -27,6 +27,10 @@ def anyio_backend() -> str:
 class FakeModel:
     """Answers class id = version for every pixel; `gate` holds calls until the test opens it."""
 
+    name = "unet"
+    variant = "savedmodel"
+    load_seconds = 0.0
+
     def __init__(self, version: int, input_size: int = 4) -> None:
         self.version = version
         self.input_size = input_size
@@ -101,7 +105,8 @@ async def test_concurrent_requests_share_model_calls_within_the_size_limit(metri
     assert model.batches == [1, 4, 4]
     assert [len(r.class_ids) for r in results] == [1, 1, 2, 1, 3, 1]
     assert {(r.model, r.version) for r in results} == {("unet", 1)}
-    assert metrics.registry.get_sample_value("maskfleet_batch_size_count", {"version": "1"}) == 3
+    assert metrics.registry.get_sample_value("maskfleet_batch_size_count",
+                                             {"version": "1", "variant": "savedmodel"}) == 3
 
 
 async def test_a_lone_request_runs_after_the_wait_without_company(metrics):
@@ -176,11 +181,12 @@ async def test_a_stage_change_swaps_versions_between_batches(metrics):
 
     sample = metrics.registry.get_sample_value
     assert sample("maskfleet_model_swaps_total", {"model": "unet"}) == 1
-    assert sample("maskfleet_model_info", {"model": "unet", "version": "2",
+    assert sample("maskfleet_model_info", {"model": "unet", "version": "2", "variant": "savedmodel",
                                            "stage": "production", "role": "canary"}) == 1
-    assert sample("maskfleet_model_info", {"model": "unet", "version": "1",
+    assert sample("maskfleet_model_info", {"model": "unet", "version": "1", "variant": "savedmodel",
                                            "stage": "production", "role": "canary"}) is None
     assert sample("maskfleet_model_eval_metric", {"model": "unet", "version": "2",
+                                                  "variant": "savedmodel",
                                                   "metric": "mean_iou"}) == 0.2
     assert not await holder.refresh()  # same version: nothing to do
 
@@ -191,7 +197,8 @@ async def test_a_pinned_version_is_served_and_labelled_pinned(metrics):
     assert holder.require().version == 3
     assert holder.require().stage == "pinned"
     assert metrics.registry.get_sample_value("maskfleet_model_info", {
-        "model": "unet", "version": "3", "stage": "pinned", "role": "stable"}) == 1
+        "model": "unet", "version": "3", "variant": "savedmodel", "stage": "pinned",
+        "role": "stable"}) == 1
 
 
 async def test_a_full_queue_sheds_at_once_and_stale_or_abandoned_work_never_reaches_the_model(

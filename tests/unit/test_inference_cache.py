@@ -55,14 +55,18 @@ def make_cache(client, retry_seconds: float = 3600.0, max_value_bytes: int = 10_
 
 
 def test_the_key_names_model_version_preprocessing_and_content():
-    key = cache_key("unet", 3, 128, "ab" * 32)
-    assert key.startswith("maskfleet:mask:unet:3:")
+    key = cache_key("unet", 3, "savedmodel", 128, "ab" * 32)
+    assert key.startswith("maskfleet:mask:unet:3/savedmodel:")
     assert PREPROCESSING_ID in key
     assert key.endswith("ab" * 32)
-    others = {cache_key("unet", 4, 128, "ab" * 32), cache_key("unet", 3, 256, "ab" * 32),
-              cache_key("other", 3, 128, "ab" * 32), cache_key("unet", 3, 128, "cd" * 32)}
+    others = {cache_key("unet", 4, "savedmodel", 128, "ab" * 32),
+              cache_key("unet", 3, "savedmodel", 256, "ab" * 32),
+              cache_key("other", 3, "savedmodel", 128, "ab" * 32),
+              cache_key("unet", 3, "savedmodel", 128, "cd" * 32),
+              cache_key("unet", 3, "int8", 128, "ab" * 32),
+              cache_key("unet", 3, "fp32", 128, "ab" * 32)}
     assert key not in others
-    assert len(others) == 4
+    assert len(others) == 6
 
 
 def test_a_cached_mask_round_trips():

@@ -107,7 +107,7 @@ def test_a_configured_second_stage_is_served_on_request(client):
     own = client.post("/v1/segment?stage=production", content=half_white(),
                       headers={"Content-Type": "image/png"})
     assert (stable.headers["x-model-version"], candidate.headers["x-model-version"],
-            own.headers["x-model-version"]) == ("1", "2", "1")
+            own.headers["x-model-version"]) == ("1/savedmodel", "2/savedmodel", "1/savedmodel")
     assert mask_of(candidate.content).shape == mask_of(stable.content).shape
 
 

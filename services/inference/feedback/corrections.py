@@ -127,9 +127,9 @@ class Feedback:
             detail = exc.detail if isinstance(exc, MaskfleetError) else repr(exc)
             log.error("storing a corrected pair failed", extra={"error": detail})
             raise StorageError("storing the corrected pair failed; try again later") from None
-        version = str(served.version)
-        self._metrics.feedback.labels(version).inc()
-        self._metrics.feedback_iou.labels(version).observe(iou)
+        labels = (str(served.version), served.variant)
+        self._metrics.feedback.labels(*labels).inc()
+        self._metrics.feedback_iou.labels(*labels).observe(iou)
         log.info("feedback stored", extra={"for_request_id": served.request_id,
                                            "caller": caller, "model": served.model,
                                            "version": served.version, "iou": round(iou, 4)})

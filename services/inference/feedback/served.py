@@ -36,6 +36,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from shared.errors import MaskfleetError, NotFound
+from shared.model.runtime import SAVEDMODEL
 
 from ..backoff import RedisBackoff
 from ..settings import InferenceSettings
@@ -137,6 +138,8 @@ class ServedMask:
     image_sha256: str
     mask_png: bytes
     cached: bool
+    variant: str = SAVEDMODEL
+    """The runtime build that answered, so the feedback IoU is labelled like the answer."""
 
     @property
     def answer_key(self) -> str:
@@ -146,7 +149,7 @@ class ServedMask:
     def to_bytes(self) -> bytes:
         """A JSON head line, then the image and the mask PNG back to back (no base64)."""
         head = json.dumps({"token": self.token, "caller": self.caller, "id": self.request_id,
-                           "model": self.model, "version": self.version,
+                           "model": self.model, "version": self.version, "variant": self.variant,
                            "sha256": self.image_sha256, "cached": self.cached,
                            "image_bytes": len(self.image)}, separators=(",", ":"))
         return head.encode() + b"\n" + self.image + self.mask_png
@@ -158,7 +161,8 @@ class ServedMask:
         split = int(meta["image_bytes"])
         return cls(str(meta["token"]), str(meta["caller"]), str(meta["id"]),
                    str(meta["model"]), int(meta["version"]), rest[:split],
-                   str(meta["sha256"]), rest[split:], bool(meta["cached"]))
+                   str(meta["sha256"]), rest[split:], bool(meta["cached"]),
+                   str(meta.get("variant", SAVEDMODEL)))
 
 
 class ServedLog(Protocol):

@@ -44,6 +44,8 @@ SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "grpc"
 REQUEST_ID_KEY = "x-request-id"
 MODEL_VERSION_KEY = "x-model-version"
+"""Trailing metadata `<version>/<variant>`, as REST's X-Model-Version header."""
+VARIANT = "variant"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLIENT_CLOSED = 499
 
@@ -115,7 +117,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 InferRequest(request.model_name, version, parsed, deadline, request_id,
                              caller=caller),
                 render_infer)
-            context.set_trailing_metadata(((MODEL_VERSION_KEY, answer.model_version),))
+            context.set_trailing_metadata(((MODEL_VERSION_KEY, f"{answer.model_version}/"
+                                            f"{_variant(answer)}"),))
             return answer
         return await self._call("ModelInfer", context, run)
 
@@ -127,13 +130,13 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         m = self._metrics
         m.http_in_flight.inc()
         started = time.perf_counter()
-        status, version = 500, "none"
+        status, version, variant = 500, "none", "none"
         try:
             caller = None if self._authorize is None else self._authorize(metadata)
             result = await run(request_id, caller)
             status = 200
             if isinstance(result, pb.ModelInferResponse):
-                version = result.model_version
+                version, variant = result.model_version, _variant(result)
             return result
         except MaskfleetError as error:
             status = error.status
@@ -158,7 +161,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         finally:
             m.http_in_flight.dec()
-            labels = (f"/{SERVICE}/{method}", "POST", str(status), version, PROTOCOL)
+            labels = (f"/{SERVICE}/{method}", "POST", str(status), version, variant, PROTOCOL)
             m.http_requests.labels(*labels).inc()
             m.http_duration.labels(*labels).observe(time.perf_counter() - started)
 
@@ -219,9 +222,15 @@ def _parameter(value: pb.InferParameter) -> bool | int | str | None:
     return result
 
 
+def _variant(response: pb.ModelInferResponse) -> str:
+    """The runtime build that answered, carried in the response's `variant` parameter."""
+    return response.parameters[VARIANT].string_param if VARIANT in response.parameters else "none"
+
+
 def render_infer(answer: InferResponse) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=answer.model, model_version=str(answer.version),
                                      id=answer.id)
+    response.parameters[VARIANT].string_param = answer.variant
     for tensor in answer.outputs:
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         response.raw_output_contents.append(tensor.raw)

@@ -97,11 +97,11 @@ async def segment(
     answer = await segmenter.segment(image, deadline)
     drawn = new_token()
     served = ServedMask(drawn, caller.id, request_id, answer.model, answer.version, image,
-                        answer.image_sha256, answer.mask.png, answer.cached)
+                        answer.image_sha256, answer.mask.png, answer.cached, answer.variant)
     logged = served_log.remember(served)
     durable = kept.keep(served, asked=keep)
     token = drawn if logged or durable else None
-    headers = {"X-Model-Version": str(answer.version),
+    headers = {"X-Model-Version": f"{answer.version}/{answer.variant}",
                "X-Cache": "hit" if answer.cached else "miss"}
     if token is not None:
         headers[FEEDBACK_TOKEN] = token

@@ -159,5 +159,5 @@ def _render(answer: InferResponse) -> tuple[bytes, dict[str, str]]:
     content, headers = render_json(model=answer.model, version=answer.version,
                                    request_id=answer.id, tensors=answer.outputs,
                                    binary=answer.binary)
-    headers["X-Model-Version"] = str(answer.version)
+    headers["X-Model-Version"] = f"{answer.version}/{answer.variant}"
     return content, headers

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from services.models.context import Context
 
-from . import describe, importing, listing, promote, rollback
+from . import describe, importing, listing, optimize, promote, rollback
 
 
 class Command(Protocol):
@@ -23,4 +23,4 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, context: Context) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (listing, describe, importing, promote, rollback)
+COMMANDS: tuple[Command, ...] = (listing, describe, importing, promote, rollback, optimize)
