@@ -176,7 +176,7 @@ def test_each_hostile_body_gets_its_status(api, baseline, case, path, body, stat
 
 
 def test_amplification_requests_and_concurrent_copies_stay_within_the_memory_bound(
-        api, baseline):
+        api, baseline, record_property):
     bombs = [v2_bytes_request([BOMB_6300] * 4), v2_bytes_request([BOMB_6300] * 16, binary=True)]
     # within the limits: three 4000x4000 images (48 M pixels, the per-request maximum)
     largest = v2_bytes_request([flat_jpeg(4000, 4000, s) for s in (5, 6, 7)], "mask_png",
@@ -193,6 +193,8 @@ def test_amplification_requests_and_concurrent_copies_stay_within_the_memory_bou
         if answer.status_code == 503:
             assert_problem(answer, 503, "overloaded")
             assert answer.headers["retry-after"] == "1"
+    record_property("baseline_rss_mb", round(baseline / MB))
+    record_property("peak_rss_growth_mb", round((peak.peak - baseline) / MB))
     assert peak.peak - baseline < REQUEST_MEMORY_BOUND, (
         f"RSS grew by {(peak.peak - baseline) / MB:.0f} MB")
 
