@@ -123,13 +123,26 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int,
     try:
         request = InferenceRequest.model_validate_json(head)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                             for e in exc.errors()[:5])
-        raise InvalidInferenceRequest(f"not a valid inference request: {problems}") from None
+        raise _invalid(exc) from None
     tensor = request.inputs[0]
     return to_input(tensor, _binary_slice(tensor, binary), request_id=request.id,
                     parameters=request.parameters, outputs=_outputs(request),
                     max_images=max_images, budget=budget)
+
+
+def tensor_input(name: str, shape: list[int], datatype: str) -> TensorInput:
+    """A tensor another transport (gRPC) received, held to the schema REST's JSON meets."""
+    try:
+        return TensorInput(name=name, shape=shape, datatype=datatype)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise _invalid(exc, "inputs.0") from None
+
+
+def _invalid(exc: ValidationError, where: str = "") -> InvalidInferenceRequest:
+    problems = "; ".join(
+        f"{'.'.join([where] * bool(where) + list(map(str, e['loc']))) or 'body'}: {e['msg']}"
+        for e in exc.errors()[:5])
+    return InvalidInferenceRequest(f"not a valid inference request: {problems}")
 
 
 def to_input(tensor: TensorInput, raw: bytes | None, *, request_id: str | None,

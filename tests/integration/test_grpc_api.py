@@ -240,16 +240,26 @@ def keyed_api(tiny_model_repo: Path, redis_server: Server,
             for key_id, scopes in {"reader": "infer", "batch": "jobs"}.items()}
     server = start_grpc_api(tiny_model_repo, workdir, f"redis://127.0.0.1:{redis_server.port}/0",
                             api_keys_file=keys_file, ready_path="/healthz")
-    wait_until(lambda: grpc_serving(server), 60, "the keyed server's gRPC health")
+    # started before the model is warm: a Watch stream (no Check) follows it to SERVING
+    seen = watch_until_serving(server)
+    assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
+    assert set(seen) <= {health_pb2.HealthCheckResponse.SERVING,
+                         health_pb2.HealthCheckResponse.NOT_SERVING}
     yield server, keys
     server.stop()
 
 
-def grpc_serving(server: Server) -> bool:
+def watch_until_serving(server: Server) -> list[int]:
+    seen = []
     with grpc.insecure_channel(target(server)) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                           timeout=2)
-        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=90)
+        for answer in stream:
+            seen.append(answer.status)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                stream.cancel()
+                break
+    return seen
 
 
 def test_api_keys_travel_as_metadata(keyed_api):

@@ -14,6 +14,8 @@ service turns NOT_SERVING, new calls are refused and calls in flight get up to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import grpc
@@ -26,13 +28,15 @@ from ..settings import InferenceSettings
 from . import grpc_predict_v2_pb2_grpc as pb_grpc
 from .servicer import SERVICE, Authorize, Servicer
 
+WATCH_INTERVAL_SECONDS = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Health(health.aio.HealthServicer):  # type: ignore[misc]
     """Readiness as gRPC health: recomputed on every Check from the data plane and the drain
-    marker, so probes see the same answer as REST's /readyz."""
+    marker, so probes see the same answer as REST's /readyz; `follow` also refreshes it every
+    `WATCH_INTERVAL_SECONDS`, so `Watch` streams see changes without anyone calling Check."""
 
     def __init__(self, dataplane: DataPlane, drain: DrainMarker) -> None:
         super().__init__()
@@ -40,11 +44,22 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
         self._drain = drain
         self._stopping = False
 
+    async def refresh(self) -> None:
+        if self._stopping:
+            return
+        serving = not self._drain.active() and self._dataplane.ready()
+        for service in ("", SERVICE):
+            await self.set(service, SERVING if serving else NOT_SERVING)
+
+    async def follow(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+
     async def Check(self, request: health_pb2.HealthCheckRequest,
                     context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.service in ("", SERVICE):
-            serving = not self._stopping and not self._drain.active() and self._dataplane.ready()
-            await self.set(request.service, SERVING if serving else NOT_SERVING)
+            await self.refresh()
         return await super().Check(request, context)
 
     async def stopping(self) -> None:
@@ -61,6 +76,7 @@ class GrpcServer:
                                   retry_after_seconds=settings.retry_after_seconds,
                                   authorize=authorize)
         self._server: grpc.aio.Server | None = None
+        self._follow: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
@@ -81,12 +97,17 @@ class GrpcServer:
             raise OSError(f"cannot bind the gRPC port {s.host}:{s.grpc_port}")
         await server.start()
         self._server, self.port = server, port
+        self._follow = asyncio.create_task(self._health.follow())
         return port
 
     async def stop(self) -> None:
         """Refuse new calls, let those in flight finish (bounded), then close."""
         if self._server is None:
             return
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
         await self._health.stopping()
         await self._server.stop(self._settings.shutdown_timeout_seconds)
         self._server = None

@@ -33,7 +33,15 @@ from shared.errors import DeadlineExceeded, InvalidInferenceRequest, MaskfleetEr
 
 from ..dataplane import DataPlane, InferRequest, InferResponse
 from ..metrics import ApiMetrics
-from ..oip import BYTES, UINT8, Budget, InferInput, TensorInput, choose_outputs, serialize_bytes
+from ..oip import (
+    BYTES,
+    UINT8,
+    Budget,
+    InferInput,
+    choose_outputs,
+    serialize_bytes,
+    tensor_input,
+)
 from ..oip import to_input as check_input
 from . import grpc_predict_v2_pb2 as pb
 from . import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -197,7 +205,7 @@ def parse_infer(request: pb.ModelInferRequest, *, max_images: int,
     raw = request.raw_input_contents[0] if request.raw_input_contents else _typed(tensor)
     parameters = {key: _parameter(value) for key, value in request.parameters.items()}
     outputs = choose_outputs([(o.name, True) for o in request.outputs], True)
-    meta = TensorInput(name=tensor.name, shape=list(tensor.shape), datatype=tensor.datatype)
+    meta = tensor_input(tensor.name, list(tensor.shape), tensor.datatype)
     return check_input(meta, raw, request_id=request.id or None, parameters=parameters,
                        outputs=outputs, max_images=max_images, budget=budget)
 
