@@ -72,6 +72,11 @@ HEADER = (
 
 Manifest = dict[str, Any]
 
+MANIFEST_VALUES: dict[str, Any] = {"apiKeys": {"existingSecret": "maskfleet-api-keys"}}
+"""k8s/ is rendered without cluster access, so a generated API key would change on every render:
+it expects the Secret `maskfleet-api-keys` (keys.json from `maskfleet-keys create`) instead,
+as docs/deploy.md says. `helm install` generates one by default."""
+
 
 # libyaml when available: parsing the rendered chart is most of a render's cost.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the output is stale")
     args = parser.parse_args(argv)
 
-    files = manifest_files(render_objects())
+    files = manifest_files(render_objects(MANIFEST_VALUES))
     if args.check:
         stale = stale_files(args.out, files)
         for name in stale:

@@ -5,6 +5,7 @@ CRD, and monitoring is on by default wherever it can work."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -149,7 +150,16 @@ def scraped_jobs(objects: list[Manifest]) -> dict[str, set[str]]:
             pods = {o["metadata"]["name"] for o, pod in workloads(objects)
                     if selects({"matchLabels": service["spec"]["selector"]},
                                pod["metadata"]["labels"])}
-            jobs[service["metadata"]["name"]] = pods
+            job = service["metadata"]["name"]
+            for endpoint in monitor["spec"]["endpoints"]:
+                if not any(p.get("name") == endpoint["port"] for p in service["spec"]["ports"]):
+                    continue  # no such port: Prometheus finds no target here
+                for rule in endpoint.get("relabelings", []):
+                    if rule["sourceLabels"] == ["__meta_kubernetes_service_name"] and \
+                            rule["targetLabel"] == "job":
+                        job = re.sub(f"^{rule['regex']}$", rule["replacement"].replace(
+                            "$", "\\"), job)
+                jobs[job] = pods
     for monitoring in by_kind(objects, "PodMonitoring"):
         pods = {o["metadata"]["name"] for o, pod in workloads(objects)
                 if selects(monitoring["spec"]["selector"], pod["metadata"]["labels"])}

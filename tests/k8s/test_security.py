@@ -223,7 +223,8 @@ def test_api_ingress_can_be_restricted_to_the_gateway(render: Any) -> None:
     objects = render(VALUE_SETS["locked-down"])
     api = pod_labels(objects, "inference")
     assert not ingress_allowed(objects, api, 8080, None)
-    assert ingress_allowed(objects, api, 8080, {"app.kubernetes.io/name": "prometheus"})
+    assert not ingress_allowed(objects, api, 8080, {"app.kubernetes.io/name": "prometheus"})
+    assert ingress_allowed(objects, api, 9090, {"app.kubernetes.io/name": "prometheus"})
     assert egress_allowed(objects, api, 443, cidr="199.36.153.4/30")
     assert not egress_allowed(objects, api, 443, cidr="0.0.0.0/0")
 

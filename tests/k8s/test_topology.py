@@ -54,25 +54,39 @@ def role_of(objects: list[Manifest], deployment: str) -> str:
 
 # ---------------------------------------------------------------- Ingress
 
+PUBLIC = ("/v1", "/v2", "/ui")
+"""ingress.publicPaths: what the Ingress and the HTTPRoutes route under each base path."""
+
+
+def public_matches(rule: Manifest, base: str) -> list[Manifest]:
+    """The rule's matches, checked to be exactly the public API under `base`."""
+    paths = {(m["path"]["type"], m["path"]["value"]) for m in rule["matches"]}
+    assert paths == {("PathPrefix", f"{base}{p}") for p in PUBLIC} | {("Exact", base or "/")}
+    return list(rule["matches"])
+
+
 def test_ingress_fans_out_by_path_to_the_right_variant(defaults: list[Manifest]) -> None:
     ingress = one(defaults, "Ingress", "maskfleet")
     assert ingress["apiVersion"] == "networking.k8s.io/v1"
     assert not ingress["metadata"].get("annotations"), "no controller-specific annotation"
     paths = {p["path"]: p for p in ingress["spec"]["rules"][0]["http"]["paths"]}
-    assert set(paths) == {"/model-a", "/model-b", "/"}
-    expected = {"/model-a": "stable", "/model-b": "canary", "/": "stable"}
-    for path, role in expected.items():
+    bases = {"/model-a": "stable", "/model-b": "canary", "": "stable"}
+    expected = {f"{base}{public}": role for base, role in bases.items() for public in PUBLIC}
+    exact = {base or "/": role for base, role in bases.items()}
+    assert set(paths) == set(expected) | set(exact)  # only the public API: no /docs, /openapi
+    for path, role in (expected | exact).items():
         backend = paths[path]["backend"]["service"]
         deployment, port = service_target(defaults, backend["name"], backend["port"]["name"])
         assert role_of(defaults, deployment) == role, path
         assert port == 8080
-        assert paths[path]["pathType"] == "Prefix"
+        assert paths[path]["pathType"] == ("Exact" if path in exact else "Prefix")
 
 
 def test_ingress_without_canary_never_routes_to_it(render: Any) -> None:
     objects = render(VALUE_SETS["canary-off"])
     paths = one(objects, "Ingress", "maskfleet")["spec"]["rules"][0]["http"]["paths"]
-    assert {p["path"] for p in paths} == {"/model-a", "/"}
+    assert {p["path"] for p in paths} == {f"{base}{public}" for base in ("/model-a", "")
+                                          for public in PUBLIC} | {"/model-a", "/"}
     assert all(p["backend"]["service"]["name"] == STABLE for p in paths)
     assert not [o for o in objects if o["metadata"]["name"] == CANARY]
 
@@ -111,9 +125,9 @@ def main_rules(objects: list[Manifest]) -> tuple[list[Manifest], dict[str, Manif
     HTTPRoute of the release (Gateway API merges the rules of routes on the same listener)."""
     weighted, by_header = [], {}
     for rule in (r for route in by_kind(objects, "HTTPRoute") for r in route["spec"]["rules"]):
-        (match,) = rule["matches"]
-        if match["path"] != {"type": "PathPrefix", "value": "/"}:
+        if {"type": "Exact", "value": "/"} not in [m["path"] for m in rule["matches"]]:
             continue
+        match = public_matches(rule, "")[0]
         if "headers" in match:
             (header,) = match["headers"]
             assert header["name"] == "X-Maskfleet-Variant"
@@ -155,11 +169,10 @@ def test_httproute_model_paths_reach_their_variant_without_prefix(
     route = one(defaults, "HTTPRoute", "maskfleet")
     for path, role in {"/model-a": "stable", "/model-b": "canary"}.items():
         (rule,) = [r for r in route["spec"]["rules"]
-                   if r["matches"][0]["path"]["value"] == path]
+                   if {"type": "Exact", "value": path} in [m["path"] for m in r["matches"]]]
+        public_matches(rule, path)
         assert backend_roles(defaults, rule) == {role: 1}
-        (rewrite,) = rule["filters"]
-        assert rewrite["urlRewrite"]["path"] == {"type": "ReplacePrefixMatch",
-                                                 "replacePrefixMatch": "/"}
+        assert "filters" not in rule  # the API strips the prefix (MASKFLEET_PATH_PREFIXES)
 
 
 def test_httproute_without_canary_sends_everything_to_stable(render: Any) -> None:
@@ -266,7 +279,9 @@ def test_inference_variants_follow_their_stage(defaults: list[Manifest]) -> None
         assert "MASKFLEET_MODEL_VERSION" not in env
         assert env["MASKFLEET_PORT"] == "8080"
         assert c["command"] == ["python", "-m", "services.inference"]
+        assert env["MASKFLEET_METRICS_PORT"] == "9090"
         assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                              {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
                               {"name": "grpc", "containerPort": 8081, "protocol": "TCP"}]
 
 
@@ -447,10 +462,17 @@ def test_service_monitors_scrape_api_and_worker(render: Any, defaults: list[Mani
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
         for service in by_kind(objects, "Service"):
-            if selects(monitor["spec"]["selector"], service["metadata"]["labels"]):
+            named = {p["name"] for p in service["spec"]["ports"]}
+            if selects(monitor["spec"]["selector"], service["metadata"]["labels"]) and \
+                    endpoint["port"] in named:
                 _, port = service_target(objects, service["metadata"]["name"], endpoint["port"])
                 scraped[service["metadata"]["name"]] = port
-    assert scraped == {STABLE: 8080, CANARY: 8080, "maskfleet-worker-metrics": 9808}
+    # the API's metrics port is on its own Services, never on those the Ingress routes to
+    assert scraped == {f"{STABLE}-metrics": 9090, f"{CANARY}-metrics": 9090,
+                       "maskfleet-worker-metrics": 9808}
+    for name in (STABLE, CANARY):
+        assert [p["name"] for p in one(objects, "Service", name)["spec"]["ports"]] == \
+            ["http", "grpc"]
 
 
 def test_dashboards_ship_every_json_file(render: Any, tmp_path: Path) -> None:

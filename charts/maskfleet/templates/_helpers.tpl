@@ -435,10 +435,81 @@ The scrape targets of this release, one per Service: (name, component, variant, 
 ServiceMonitors and PodMonitorings both use it, so both produce the same `job` labels.
 */}}
 {{- define "maskfleet.scrapeTargets" -}}
-{{- $targets := list (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "stable")) "component" "inference" "variant" "stable" "port" "http") -}}
+{{- $targets := list (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "stable")) "component" "inference" "variant" "stable" "port" "metrics") -}}
 {{- if .Values.inference.canary.enabled -}}
-{{- $targets = append $targets (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "canary")) "component" "inference" "variant" "canary" "port" "http") -}}
+{{- $targets = append $targets (dict "name" (include "maskfleet.inference.fullname" (dict "ctx" . "variant" "canary")) "component" "inference" "variant" "canary" "port" "metrics") -}}
 {{- end -}}
 {{- $targets = append $targets (dict "name" (printf "%s-metrics" (include "maskfleet.worker.fullname" .)) "component" "worker" "variant" "" "port" "metrics") -}}
 {{- toJson $targets -}}
+{{- end -}}
+
+{{/*
+Google service account of a component (Workload Identity): its own entry, else
+<fullname>-<component>@<project>.iam.gserviceaccount.com when a project is set, else the
+shared fallback. Call with (dict "ctx" $ "component" "inference").
+*/}}
+{{- define "maskfleet.gcpServiceAccount" -}}
+{{- $wi := .ctx.Values.gcs.workloadIdentity -}}
+{{- $own := index (default dict $wi.gcpServiceAccounts) .component | default "" -}}
+{{- if $own -}}
+{{- $own -}}
+{{- else if $wi.project -}}
+{{- printf "%s-%s" (include "maskfleet.fullname" .ctx) .component | trunc 30 | trimSuffix "-" -}}@{{ $wi.project }}.iam.gserviceaccount.com
+{{- else -}}
+{{- $wi.gcpServiceAccount -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret and key holding the hashed API keys file the API mounts. */}}
+{{- define "maskfleet.apiKeys.secretName" -}}
+{{- .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "maskfleet.fullname" .)) -}}
+{{- end -}}
+{{- define "maskfleet.apiKeys.secretKey" -}}
+{{- ternary .Values.apiKeys.existingSecretKey "keys.json" (ne .Values.apiKeys.existingSecret "") -}}
+{{- end -}}
+
+{{/*
+HTTPRoute matches for the public API under `base` ("" for the main path): a PathPrefix per
+ingress.publicPaths and the exact root document, each with `headers` when given. Nothing else
+on the API port (/docs, /openapi.json) is routed. Call with (dict "ctx" $ "base" "/model-a"
+"headers" (list ...)).
+*/}}
+{{- define "maskfleet.publicMatches" -}}
+{{- $base := .base | trimSuffix "/" -}}
+{{- $headers := .headers -}}
+{{- range $path := .ctx.Values.ingress.publicPaths }}
+- path:
+    type: PathPrefix
+    value: {{ printf "%s%s" $base $path | quote }}
+  {{- with $headers }}
+  headers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+- path:
+    type: Exact
+    value: {{ $base | default "/" | quote }}
+  {{- with $headers }}
+  headers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+Batch-job storage confinement (services.jobs.settings.JobSettings), for the API and the worker:
+the model repository, the training data and the feedback prefix are always protected.
+*/}}
+{{- define "maskfleet.jobEnv" -}}
+{{- $jobs := .Values.jobs -}}
+{{- $dataUri := dig "data" "uri" "" (.Values.training.config | default dict) | trimSuffix "/" -}}
+{{- $feedbackUri := .Values.inference.feedback.uri | default (ternary (printf "%s/feedback" $dataUri) "" (ne $dataUri "")) -}}
+{{- $protected := concat (list .Values.model.repository) (compact (list $dataUri $feedbackUri)) $jobs.protectedPrefixes -}}
+- name: MASKFLEET_JOB_INPUT_PREFIXES
+  value: {{ join "," $jobs.inputPrefixes | quote }}
+- name: MASKFLEET_JOB_OUTPUT_PREFIXES
+  value: {{ join "," $jobs.outputPrefixes | quote }}
+- name: MASKFLEET_JOB_OVERWRITE_PREFIXES
+  value: {{ join "," $jobs.overwritePrefixes | quote }}
+- name: MASKFLEET_JOB_PROTECTED_PREFIXES
+  value: {{ join "," (uniq $protected) | quote }}
 {{- end -}}
