@@ -57,13 +57,15 @@ def evaluation_time(settings: RolloutSettings) -> datetime:
 
 
 def traffic_for(settings: RolloutSettings) -> Traffic | None:
-    if not (settings.rollout_httproute or settings.rollout_nginx_canary_ingress):
+    if not (settings.rollout_httproute or settings.rollout_nginx_canary_ingress
+            or settings.rollout_grpcroute):
         return None
     return Traffic(api_client(settings.kubeconfig), settings.rollout_namespace,
                    httproute=settings.rollout_httproute,
                    stable_service=settings.rollout_stable_service,
                    canary_service=settings.rollout_canary_service,
-                   nginx_canary_ingress=settings.rollout_nginx_canary_ingress)
+                   nginx_canary_ingress=settings.rollout_nginx_canary_ingress,
+                   grpcroute=settings.rollout_grpcroute)
 
 
 def canary_weight(decision: Decision, readout: Readout | None, under_test: int) -> int:

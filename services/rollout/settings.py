@@ -39,6 +39,10 @@ class RolloutSettings(ServiceSettings):
     """Name of the Gateway API HTTPRoute that splits traffic; unset = no HTTPRoute to change
     (local mode: a decision only moves the stages)."""
 
+    rollout_grpcroute: str | None = None
+    """Name of the Gateway API GRPCRoute whose weighted rule gets the same split as the
+    HTTPRoute (gRPC clients follow the same decision); unset = none."""
+
     rollout_stable_service: str = "maskfleet-inference-stable"
     """Service of inference-stable, as named in the HTTPRoute's backendRefs."""
 

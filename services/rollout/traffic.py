@@ -24,6 +24,10 @@ from kubernetes.client.exceptions import ApiException
 from services.rollout.errors import TrafficError
 
 GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
+GRPCROUTES = "grpcroutes"
+ROUTE_PLURALS = {"HTTPRoute": HTTPROUTES, "GRPCRoute": GRPCROUTES}
+"""Gateway API routes the rollout weighs: the HTTPRoute, and the GRPCRoute of gRPC clients,
+whose weighted rule has the same shape (backendRefs with weights)."""
 NGINX_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
 MERGE_PATCH = "application/merge-patch+json"
 FIELD_MANAGER = "maskfleet-rollout"
@@ -44,8 +48,8 @@ class Patch:
     query: dict[str, str] = field(default_factory=lambda: {"fieldManager": FIELD_MANAGER})
 
 
-def httproute_path(namespace: str, name: str) -> str:
-    return f"/apis/{GATEWAY_GROUP}/{GATEWAY_VERSION}/namespaces/{namespace}/{HTTPROUTES}/{name}"
+def httproute_path(namespace: str, name: str, plural: str = HTTPROUTES) -> str:
+    return f"/apis/{GATEWAY_GROUP}/{GATEWAY_VERSION}/namespaces/{namespace}/{plural}/{name}"
 
 
 def ingress_path(namespace: str, name: str) -> str:
@@ -77,7 +81,8 @@ def weigh_httproute(route: dict[str, Any], stable: str, canary: str,
             ref["weight"] = after
     if not any({stable, canary} <= {ref.get("name") for ref in rule.get("backendRefs", [])}
                for rule in rules):
-        raise TrafficError(f"HTTPRoute {route.get('metadata', {}).get('name')} has no rule "
+        raise TrafficError(f"{route.get('kind', 'HTTPRoute')} "
+                           f"{route.get('metadata', {}).get('name')} has no rule "
                            f"splitting traffic between {stable} and {canary}")
     patch = {"metadata": {"resourceVersion": route.get("metadata", {}).get("resourceVersion")},
              "spec": {"rules": rules}}
@@ -136,10 +141,11 @@ class Traffic:
 
     def __init__(self, api: client.ApiClient, namespace: str, *, httproute: str | None,
                  stable_service: str, canary_service: str,
-                 nginx_canary_ingress: str | None) -> None:
+                 nginx_canary_ingress: str | None, grpcroute: str | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.httproute = httproute
+        self.grpcroute = grpcroute
         self.stable_service = stable_service
         self.canary_service = canary_service
         self.nginx_canary_ingress = nginx_canary_ingress
@@ -155,15 +161,18 @@ class Traffic:
         `canary_weight` percent; an object already there needs no patch."""
         patches: list[Patch] = []
         ns = self.namespace
-        if self.httproute:
-            route = self._call("get HTTPRoute", self.httproute, lambda: self.custom
+        for kind, name in (("HTTPRoute", self.httproute), ("GRPCRoute", self.grpcroute)):
+            if not name:
+                continue
+            plural = ROUTE_PLURALS[kind]
+            route = self._call(f"get {kind}", name, lambda p=plural, n=name: self.custom
                                .get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, ns,
-                                                             HTTPROUTES, self.httproute))
+                                                             p, n))
             body, summary = weigh_httproute(route, self.stable_service, self.canary_service,
                                             canary_weight)
             if body.get("spec", {}).get("rules") != route.get("spec", {}).get("rules"):
-                patches.append(Patch("HTTPRoute", ns, self.httproute,
-                                     httproute_path(ns, self.httproute), body, summary))
+                patches.append(Patch(kind, ns, name, httproute_path(ns, name, plural), body,
+                                     summary))
         if self.nginx_canary_ingress:
             name = self.nginx_canary_ingress
             ingress = self._call("get Ingress", name,
@@ -176,12 +185,12 @@ class Traffic:
         return patches
 
     def apply(self, patch: Patch) -> None:
-        if patch.kind == "HTTPRoute":
-            self._call("patch HTTPRoute", patch.name, lambda: self.custom
+        if patch.kind in ROUTE_PLURALS:
+            self._call(f"patch {patch.kind}", patch.name, lambda: self.custom
                        .patch_namespaced_custom_object(
-                           GATEWAY_GROUP, GATEWAY_VERSION, patch.namespace, HTTPROUTES,
-                           patch.name, patch.body, field_manager=FIELD_MANAGER,
-                           _content_type=MERGE_PATCH))
+                           GATEWAY_GROUP, GATEWAY_VERSION, patch.namespace,
+                           ROUTE_PLURALS[patch.kind], patch.name, patch.body,
+                           field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH))
         elif patch.kind == "Ingress":
             self._call("patch Ingress", patch.name, lambda: self.networking
                        .patch_namespaced_ingress(patch.name, patch.namespace, patch.body,

@@ -94,3 +94,17 @@ def test_the_grpcroute_follows_the_rollouts_live_weight(
     state.objects = {ROUTE_PATH: live_route(70, 30)}
     objects = upgrade_render(url, {}, api_versions=GRPC_GATEWAY)
     assert weights(route_of(objects)) == {STABLE: 70, CANARY: 30}
+
+
+def test_the_rollout_may_weigh_the_grpcroute(render: Any) -> None:
+    objects = render({"rollout": {"enabled": True}}, api_versions=GRPC_GATEWAY)
+    job = one(objects, "CronJob", "maskfleet-rollout")
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["MASKFLEET_ROLLOUT_GRPCROUTE"] == "maskfleet-grpc"
+    role = one(objects, "Role", "maskfleet-rollout")
+    assert {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes"],
+            "resourceNames": ["maskfleet-grpc"], "verbs": ["get", "patch"]} in role["rules"]
+    without = render({"rollout": {"enabled": True}})
+    job = one(without, "CronJob", "maskfleet-rollout")
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert "MASKFLEET_ROLLOUT_GRPCROUTE" not in env_of(container)

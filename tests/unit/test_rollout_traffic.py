@@ -139,3 +139,20 @@ def test_nginx_canary_ingress_patch_touches_only_the_weight_and_stays_valid() ->
     assert {k: v for k, v in annotations.items() if k != NGINX_WEIGHT} == {
         k: v for k, v in ingress["metadata"]["annotations"].items() if k != NGINX_WEIGHT}
     assert summary == f"{NGINX_WEIGHT} 10 -> 0"
+
+
+def test_the_grpcroute_gets_the_same_split_as_the_httproute() -> None:
+    route = rendered("grpcroute.yaml", {"grpcRoute": {"enabled": True}})
+    assert route["kind"] == "GRPCRoute"
+    assert route["metadata"]["annotations"]["maskfleet.io/weights-owner"] == "rollout"
+    schema = strict(json.loads(
+        crd_schema_path("gateway.networking.k8s.io/v1", "GRPCRoute").read_text()))
+    patch, summary = weigh_httproute(route, STABLE, CANARY, 40)
+    under_test = merge_patch(route, patch)
+    jsonschema.Draft7Validator(schema).validate(under_test)
+    assert weights(under_test)[-1] == {STABLE: 60, CANARY: 40}
+    # the header overrides that force one side keep their single backend
+    assert weights(under_test)[:-1] == weights(route)[:-1]
+    assert summary.endswith(f"{CANARY} weight 0 -> 40")
+    drained = merge_patch(under_test, drain_httproute(under_test, STABLE, CANARY)[0])
+    assert weights(drained)[-1] == {STABLE: 100, CANARY: 0}

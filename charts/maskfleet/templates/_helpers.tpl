@@ -349,6 +349,11 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* Name of the GRPCRoute; the rollout weighs its split like the traffic HTTPRoute's. */}}
+{{- define "maskfleet.grpcRoute.name" -}}
+{{- printf "%s-grpc" (include "maskfleet.fullname" .) -}}
+{{- end -}}
+
 {{/* Name of the HTTPRoute holding the weighted stable/canary split of the main path. */}}
 {{- define "maskfleet.trafficRoute.name" -}}
 {{- printf "%s-traffic" (include "maskfleet.fullname" .) -}}
