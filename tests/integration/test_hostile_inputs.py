@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import socket
 import struct
 import threading
@@ -368,6 +369,21 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(api, baseline):
     shed = sum(metric(api, "maskfleet_requests_shed_total", reason=reason)
                for reason in ("batch_queue", "codec_queue", "pixel_budget"))
     assert shed >= statuses.count(503)
+
+
+def test_the_work_of_a_client_that_went_away_is_dropped(api, baseline):
+    """The client sends a costly request and hangs up: the server stops its work (499)."""
+    route = "/v2/models/{name}/infer"
+    before = metric(api, "maskfleet_http_requests_total", route=route, status="499")
+    body = json.dumps(v2_bytes_request([flat_jpeg(4000, 4000, s) for s in (8, 9, 10)],
+                                       "mask_png", binary=True)).encode()
+    head = (b"POST /v2/models/unet/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", api.port)) as sock:
+        sock.sendall(head + body)
+    wait_until(lambda: metric(api, "maskfleet_http_requests_total", route=route,
+                              status="499") > before, 30, "the request counted as 499")
+    wait_until(lambda: metric(api, "maskfleet_pixels_in_flight") == 0, 30, "pixels released")
 
 
 # --- afterwards ------------------------------------------------------------------------------
