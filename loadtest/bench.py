@@ -122,9 +122,11 @@ class Bench:
     def load(self, section: str, label: str, url: str, body: Path, content_type: str,
              server: servers.Process, also: Sequence[servers.Process] = (),
              metrics: str | None = None,
-             headers: dict[str, str] | None = None) -> dict[int, Figure]:
+             headers: dict[str, str] | None = None,
+             profile: str | None = None) -> dict[int, Figure]:
         """wrk at each concurrency after an unrecorded warm-up; CPU of `server` and `also`;
-        the mean model batch size from the API's `metrics` URL."""
+        the mean model batch size from the API's `metrics` URL; py-spy profiles (with
+        --profile) are named `<profile or section>-c<connections>`."""
         figures = {}
         for connections in self.concurrency:
             if self.warmup_seconds > 0:
@@ -136,7 +138,7 @@ class Bench:
                                seconds=self.load_seconds, headers=headers)
 
             figures[connections] = self._record(section, label, connections, one, server,
-                                                also, metrics)
+                                                also, metrics, profile)
         return figures
 
     def load_grpc(self, section: str, label: str, body: bytes, api: servers.Process,
@@ -167,11 +169,12 @@ class Bench:
 
     def _record(self, section: str, label: str, connections: int,
                 run: Callable[[], LoadResult], server: servers.Process,
-                also: Sequence[servers.Process], metrics: str | None) -> Figure:
+                also: Sequence[servers.Process], metrics: str | None,
+                profile: str | None = None) -> Figure:
         batches = _batch_sizes(metrics)
         with self.around() as nearby:
             cpu = _cpu([server, *also])
-            with self.profiler.record(server.pid, f"{section}-c{connections}",
+            with self.profiler.record(server.pid, f"{profile or section}-c{connections}",
                                       self.load_seconds):
                 result = run()
             cpu = _cpu([server, *also]) - cpu
@@ -422,7 +425,7 @@ def _variants_section(bench: Bench, ws: Workspace, redis_url: str, seconds: floa
                 _check_segment(api.url, ws.jpeg.read_bytes(), "miss")
                 figures = bench.load("variants", f"{name} API segment, cache off",
                                      f"{api.url}/v1/segment", ws.jpeg, "image/jpeg", api,
-                                     metrics=f"{api.url}/metrics")
+                                     metrics=f"{api.url}/metrics", profile=f"variants-{name}")
                 for connections, f in figures.items():
                     overhead = (f.cpu_ms or 0.0) - ceiling.best_cpu_ms_per_image
                     o = report.add(Figure("variants", f"{name} overhead c={connections}",
