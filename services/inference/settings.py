@@ -22,6 +22,10 @@ Role = Literal["stable", "canary"]
 PRODUCTION_MAX_BODY_BYTES = 64 * 1024 * 1024
 PRODUCTION_MAX_REDIS_TIMEOUT_MS = 1000.0
 PRODUCTION_MIN_POLL_SECONDS = 1.0
+PRODUCTION_MAX_INFLIGHT_PIXELS = 400_000_000
+"""~2 GB of request memory at ~5 bytes per pixel: more no longer fits the chart's 3 GiB pod."""
+PRODUCTION_MAX_HEADER_BYTES = 64 * 1024
+PRODUCTION_MAX_READ_TIMEOUT_SECONDS = 120.0
 DEFAULT_METRICS_PORT = 9090
 
 
@@ -344,6 +348,15 @@ class InferenceSettings(JobSettings):
         slowest = max(self.redis_socket_timeout_ms, self.redis_connect_timeout_ms)
         if slowest > PRODUCTION_MAX_REDIS_TIMEOUT_MS:
             problems.append("Redis timeouts above 1 s let a slow cache stall requests")
+        if self.max_inflight_pixels > PRODUCTION_MAX_INFLIGHT_PIXELS:
+            problems.append(f"max_inflight_pixels above {PRODUCTION_MAX_INFLIGHT_PIXELS} "
+                            "no longer bounds memory within the pod limit")
+        if self.max_header_bytes > PRODUCTION_MAX_HEADER_BYTES:
+            problems.append(f"max_header_bytes above {PRODUCTION_MAX_HEADER_BYTES}")
+        if max(self.header_timeout_seconds,
+               self.body_timeout_seconds) > PRODUCTION_MAX_READ_TIMEOUT_SECONDS:
+            problems.append("header/body timeouts above 120 s let slow clients hold "
+                            "connections")
         if 0 < self.stage_poll_seconds < PRODUCTION_MIN_POLL_SECONDS:
             problems.append("stage_poll_seconds below 1 s hammers the model repository")
         if problems:

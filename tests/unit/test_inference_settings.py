@@ -36,6 +36,9 @@ def test_a_role_other_than_stable_or_canary_is_refused():
     ("max_body_bytes", 1 << 30, "max_body_bytes"),
     ("redis_socket_timeout_ms", 5000, "Redis timeouts"),
     ("stage_poll_seconds", 0.1, "stage_poll_seconds"),
+    ("max_inflight_pixels", 1_000_000_000, "max_inflight_pixels"),
+    ("max_header_bytes", 1 << 20, "max_header_bytes"),
+    ("body_timeout_seconds", 600, "slow clients"),
 ])
 def test_production_refuses_unsafe_values(field, value, fragment):
     base = {"environment": "production", "model_repository": "gs://models/prod",
