@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import REDIS_DB
 from tests.browser.test_ui import SAMPLE, canvas_classes, shot
 from tests.integration.test_inference_support import start_api, url
 from tests.integration.test_security_api import create_key
 from tests.servers import Server, running
 
 pytestmark = pytest.mark.integration
+
+REDIS_DB = 12
+"""Its own database, emptied first: corrections are claimed per (model, version, image) for
+30 days, and test_ui.py corrects the same sample with the same version."""
 
 
 @dataclass
@@ -38,7 +42,9 @@ def keyed(redis_server: Server, tiny_model_repo: Path,
     keys_file = workdir / "keys.json"
     infer_only = create_key(keys_file, "viewer", "infer")
     full = create_key(keys_file, "annotator", "infer,feedback")
-    api = start_api(tiny_model_repo, workdir, f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    api = start_api(tiny_model_repo, workdir, redis_url,
                     api_keys_file=keys_file, feedback_uri=str(workdir / "feedback"),
                     feedback_sample_rate=1.0, stage_poll_seconds=0)
     with running(api):
