@@ -7,12 +7,15 @@ the same bytes at the same name, so retrying them is safe.
 Errors are translated here, so no caller sees a google or requests exception: API errors
 become `StorageError` (502, `ObjectNotFound` 404); credentials that cannot be obtained or
 refreshed (metadata server, Workload Identity, token endpoint) and transport failures become
-`StorageUnavailable` (503). Both are `StorageError`s, which the worker retries.
+`StorageUnavailable` (503). Both are `StorageError`s, which the worker retries. Their details
+name the URI and the kind of failure (HTTP status, exception class), never the library's own
+message, which may carry request URLs, project ids or token endpoints; that goes to the log.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -26,11 +29,21 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from shared.errors import InvalidStorageUri, ObjectNotFound, StorageError, StorageUnavailable
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 _UNREACHABLE = (auth_exc.GoogleAuthError, OSError)
 """What the client raises when credentials or the network fail, rather than the API
 (requests' and urllib3's exceptions are `OSError`s)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """A caller-safe account of a cloud failure; the full message is logged."""
+    log.warning("Cloud Storage call failed", extra={"error": type(exc).__name__,
+                                                     "detail": str(exc)[:2000]})
+    code = getattr(exc, "code", None)
+    return f"HTTP {code} {type(exc).__name__}" if isinstance(code, int) else type(exc).__name__
 
 
 def _translated(fn: Callable[P, R]) -> Callable[P, R]:
@@ -39,10 +52,9 @@ def _translated(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except _UNREACHABLE as exc:
-            raise StorageUnavailable(f"cannot reach Cloud Storage: {type(exc).__name__}: "
-                                     f"{exc}") from exc
+            raise StorageUnavailable(f"cannot reach Cloud Storage ({_reason(exc)})") from exc
         except gexc.RetryError as exc:
-            raise StorageUnavailable(f"Cloud Storage kept failing: {exc}") from exc
+            raise StorageUnavailable(f"Cloud Storage kept failing ({_reason(exc)})") from exc
     return wrapper
 
 _SCHEME = "gs://"
@@ -78,7 +90,7 @@ class GcsStorage:
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
-            raise StorageError(f"reading {uri}: {exc}") from exc
+            raise StorageError(f"reading {uri} failed ({_reason(exc)})") from exc
 
     @_translated
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
@@ -89,7 +101,7 @@ class GcsStorage:
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
-            raise StorageError(f"writing {uri}: {exc}") from exc
+            raise StorageError(f"writing {uri} failed ({_reason(exc)})") from exc
 
     @_translated
     def exists(self, uri: str) -> bool:
@@ -98,7 +110,7 @@ class GcsStorage:
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
-            raise StorageError(f"checking {uri}: {exc}") from exc
+            raise StorageError(f"checking {uri} failed ({_reason(exc)})") from exc
 
     @_translated
     def list(self, prefix: str) -> list[str]:
@@ -111,7 +123,7 @@ class GcsStorage:
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
-            raise StorageError(f"listing {prefix}: {exc}") from exc
+            raise StorageError(f"listing {prefix} failed ({_reason(exc)})") from exc
 
     @_translated
     def delete(self, uri: str) -> None:
@@ -122,7 +134,7 @@ class GcsStorage:
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
-            raise StorageError(f"deleting {uri}: {exc}") from exc
+            raise StorageError(f"deleting {uri} failed ({_reason(exc)})") from exc
 
     @_translated
     def download_tree(self, prefix: str, dest: Path) -> Path:

@@ -31,6 +31,9 @@ def test_credentials_that_cannot_be_refreshed_are_storage_unavailable() -> None:
     with pytest.raises(StorageUnavailable) as caught:
         gcs.read("gs://bucket/image.jpg")
     assert caught.value.status == 503
+    # what reaches an error body names the kind of failure, not the token endpoint it hit
+    assert "/token" not in caught.value.detail
+    assert "127.0.0.1" not in caught.value.detail
     with pytest.raises(StorageUnavailable):
         gcs.list("gs://bucket/prefix/")
 
@@ -45,4 +48,5 @@ def test_an_unreachable_endpoint_is_storage_unavailable_and_the_worker_retries_i
             call()
         assert isinstance(caught.value, RETRYABLE)
         assert caught.value.status == 503
+        assert "127.0.0.1" not in caught.value.detail  # no raw client message
     assert issubclass(StorageUnavailable, RETRYABLE)
