@@ -7,6 +7,7 @@ the model, writing masks and manifests, and the job record reaching `succeeded`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,49 @@ def run_job(api_url: str, input_prefix: str, output_prefix: str, *, chunk_size: 
     totals = job["totals"]
     return JobRun(job["job_id"], job["state"], int(totals["images"]), int(totals["failed"]),
                   seconds)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    job_id: str
+    state: str
+    images: int
+    failed: int
+    seconds: float
+    """POST to `succeeded`, with the kill in the middle."""
+    kill_to_done: float
+    """From the SIGKILL to `succeeded`."""
+    killed_at_done: int
+    """Images done when the worker was killed."""
+
+
+def run_job_with_kill(api_url: str, input_prefix: str, output_prefix: str, *, chunk_size: int,
+                      kill: Callable[[], None], kill_after: int, timeout: float = 900.0,
+                      poll_seconds: float = 0.05) -> Recovery:
+    """Like `run_job`, but `kill()` (SIGKILL the worker, start its replacement) runs once
+    `kill_after` images are done, so the worker dies in the middle of a chunk."""
+    with httpx.Client(base_url=api_url, timeout=30.0) as client:
+        started = time.perf_counter()
+        answer = client.post("/v1/jobs", json={"input": input_prefix, "output": output_prefix,
+                                               "chunk_size": chunk_size})
+        if answer.status_code != 202:
+            raise RuntimeError(f"job refused ({answer.status_code}): {answer.text}")
+        job = answer.json()
+        killed: float | None = None
+        killed_at = 0
+        while job["state"] not in FINISHED:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"job {job['job_id']} still {job['state']} after {timeout}s")
+            if killed is None and job["totals"]["done"] >= kill_after:
+                killed, killed_at = time.perf_counter(), int(job["totals"]["done"])
+                kill()
+            time.sleep(poll_seconds)
+            reply = client.get(f"/v1/jobs/{job['job_id']}")
+            if reply.status_code == 200:
+                job = reply.json()
+        done = time.perf_counter()
+    if killed is None:
+        raise RuntimeError(f"job {job['job_id']} finished before the worker could be killed")
+    totals = job["totals"]
+    return Recovery(job["job_id"], job["state"], int(totals["images"]), int(totals["failed"]),
+                    done - started, done - killed, killed_at)

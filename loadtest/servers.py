@@ -98,6 +98,12 @@ class Process:
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a lost node does: no shutdown, no acknowledgement."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -144,15 +150,17 @@ def start_api(logs: Path, *, models: Path, redis_url: str, cache: bool,
 
 
 def start_worker(logs: Path, *, models: Path, redis_url: str,
-                 extra_env: Mapping[str, str] | None = None) -> Process:
-    """One Celery worker as docs/batch.md runs it; its metrics port opens once it is warm."""
+                 extra_env: Mapping[str, str] | None = None,
+                 node: str | None = None) -> Process:
+    """One Celery worker as docs/batch.md runs it; its metrics port opens once it is warm.
+    `node` fixes the Celery node name (a restarted container keeps its hostname)."""
     port = free_port()
     env = {**_common_env(), "MASKFLEET_MODEL_REPOSITORY": str(models),
            "MASKFLEET_STATE_REDIS_URL": redis_url, "MASKFLEET_WORKER_METRICS_PORT": str(port),
            "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"), **(extra_env or {})}
     argv = [str(BIN / "celery"), "-A", "services.worker.app", "worker", "--pool=solo",
             "--concurrency=1", "-Q", "maskfleet", "--without-mingle", "--without-gossip",
-            "--loglevel=WARNING", "-n", f"bench-{port}@%h"]
+            "--loglevel=WARNING", "-n", node or f"bench-{port}@%h"]
     return Process("worker", argv, port, logs / "worker.log", env).start()
 
 

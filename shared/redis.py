@@ -149,7 +149,8 @@ def plain_reason(exc: BaseException, what: str) -> str:
     """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, redis.ResponseError) and "OOM" in str(seen):
+        if isinstance(seen, redis.exceptions.OutOfMemoryError) or (
+                isinstance(seen, redis.ResponseError) and "maxmemory" in str(seen)):
             return (f"{what} is full: nothing is evicted, so new work is refused until "
                     "running jobs finish or expire; try again later")
         if isinstance(seen, redis.AuthenticationError | redis.exceptions.AuthorizationError):

@@ -85,6 +85,8 @@ def create_app(
                                   Headers(headers=metadata), "infer").id)
                    if settings.grpc_enabled else None)
     metrics_server = MetricsServer(metrics.registry, settings.host, settings.metrics_listen_port)
+    job_service = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc,
+                                           protected=settings.feedback_protected)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,9 +101,11 @@ def create_app(
         if grpc_server is not None:
             port = await grpc_server.start()
             log.info("gRPC serving", extra={"port": port})
+        stop_reaper = job_service.start_reaper()
         try:
             yield
         finally:
+            stop_reaper.set()
             if grpc_server is not None:  # drain gRPC calls while the batcher still runs
                 await grpc_server.stop()
             await batcher.stop()
@@ -139,8 +143,7 @@ def create_app(
     app.state.served_log = served_log
     app.state.kept = kept
     app.state.feedback = corrections
-    app.state.jobs = JobService.from_settings(settings, on_submitted=metrics.jobs_submitted.inc,
-                                              protected=settings.feedback_protected)
+    app.state.jobs = job_service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        limits={jobs.router.prefix: settings.max_json_body_bytes})

@@ -8,11 +8,14 @@ the previous one overlap the model call on the current one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -22,8 +25,9 @@ from prometheus_client import Counter, Histogram
 from services.jobs import manifest
 from services.jobs.confinement import escapes
 from services.jobs.inputs import mask_uri
+from services.jobs.leases import ChunkLeases, Heartbeat, Lease, Refused
 from services.jobs.manifest import ErrorEntry, ManifestLine
-from services.jobs.records import ItemError, JobPlan, JobState
+from services.jobs.records import ItemError, JobPlan, JobState, now
 from services.jobs.store import JobStore
 from shared.errors import (
     InvalidImage,
@@ -40,7 +44,7 @@ from shared.storage import Storage, storage_for
 
 log = logging.getLogger(__name__)
 
-Status = Literal["succeeded", "skipped", "cancelled"]
+Status = Literal["succeeded", "skipped", "cancelled", "superseded"]
 Written = tuple[ManifestLine, "Future[Segmentation] | None"]
 """A manifest line and the mask being finished and written for it (None: the item failed)."""
 ModelProvider = Callable[[str, int], SegmentationModel]
@@ -80,6 +84,15 @@ class InternalItemError(MaskfleetError):
     title = "The image could not be segmented"
 
 
+class WorkerCrashed(MaskfleetError):
+    code = "worker_crashed"
+    title = "The worker died every time it segmented this image's chunk"
+
+
+class LeaseLost(Exception):
+    """Another attempt holds this chunk's lease now; this run's results must not count."""
+
+
 @dataclass
 class ChunkRunner:
     """Runs chunks against one job store; built once per worker process."""
@@ -93,6 +106,25 @@ class ChunkRunner:
     worker: str = "local"
     metrics: ChunkMetrics | None = None
     storage: Callable[[str], Storage] = storage_for
+    leases: ChunkLeases | None = None
+    """Built on the store's Redis with `lease_seconds` when not given."""
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    plans_kept: int = 4
+    """Input lists (plan files) of this many jobs stay in memory, so a chunk does not re-read
+    a 100k-image plan."""
+    _plans: OrderedDict[str, list[str]] = field(default_factory=OrderedDict, repr=False)
+    _plans_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = ChunkLeases(self.store.redis, lease_seconds=self.lease_seconds)
+
+    @property
+    def _leases(self) -> ChunkLeases:
+        assert self.leases is not None
+        return self.leases
 
     def run(self, job_id: str, index: int) -> ChunkOutcome:
         started = time.perf_counter()
@@ -102,65 +134,139 @@ class ChunkRunner:
             return self._skipped(job_id, index, "skipped", None)
         if not 0 <= index < plan.chunks:
             raise ValueError(f"job {job_id} has no chunk {index}")
-        state = self.store.state(job_id)
-        if state is None or state.finished:
-            return self._skipped(job_id, index, "skipped", state)
-        if self.store.chunk_recorded(job_id, index):
-            # Redelivered after it was recorded: only make sure the job got finished.
-            self._finish_if_complete(plan, self.store.chunks_done(job_id))
+        taken = self._leases.acquire(job_id, index, self.worker, now().isoformat())
+        if isinstance(taken, Refused):
+            if taken.reason == "recorded":
+                # Redelivered after it was recorded: only make sure the job got finished.
+                self._finish_if_complete(plan, self.store.chunks_done(job_id))
             return self._skipped(job_id, index, "skipped", self.store.state(job_id))
-        attempt = self.store.start_chunk(job_id, index, self.worker)
-        log.info("chunk started", extra={"job_id": job_id, "chunk": index, "attempt": attempt})
-        lines = self._segment_chunk(plan, index)
-        if lines is None:
-            return self._skipped(job_id, index, "cancelled", self.store.state(job_id))
-        manifest.write_chunk_manifest(plan, index, lines, self.storage)
-        errors = [ItemError(input=x.input, code=x.error.code, detail=x.error.detail)
-                  for x in lines if x.error]
-        done = self.store.complete_chunk(job_id, index, len(lines), errors)
+        lease = taken
+        log.info("chunk started", extra={"job_id": job_id, "chunk": index,
+                                         "attempt": lease.attempt, "crashes": lease.crashes})
+        try:
+            with Heartbeat(self._leases, lease, self.heartbeat_seconds) as beat:
+                lines = self._chunk_lines(plan, lease, beat)
+                if lines is None:  # the job finished meanwhile: cancelled, or done by others
+                    status: Status = ("superseded" if self.store.chunk_recorded(job_id, index)
+                                      else "cancelled")
+                    return self._skipped(job_id, index, status, self.store.state(job_id))
+                manifest.write_chunk_manifest(plan, index, lines, self.storage)
+                errors = [ItemError(input=x.input, code=x.error.code, detail=x.error.detail)
+                          for x in lines if x.error]
+                done = self.store.complete_chunk(job_id, index, len(lines), errors,
+                                                 token=lease.token)
+        except LeaseLost:
+            return self._skipped(job_id, index, "superseded", self.store.state(job_id))
+        except Exception:
+            with contextlib.suppress(Exception):  # else the lease expires: the reaper requeues
+                self._leases.release(lease)
+            raise
+        if done.chunks_done == -2:
+            return self._skipped(job_id, index, "superseded", self.store.state(job_id))
         if done.counted:
             self._observe(lines, len(errors), started)
         self._finish_if_complete(plan, done.chunks_done)
         final = self.store.state(job_id)
         log.info("chunk done", extra={"job_id": job_id, "chunk": index, "images": len(lines),
                                       "failed": len(errors), "counted": done.counted})
-        return ChunkOutcome(job_id, index, "succeeded", len(lines), len(errors), attempt,
+        return ChunkOutcome(job_id, index, "succeeded", len(lines), len(errors), lease.attempt,
                             final.value if final else "")
 
-    def _segment_chunk(self, plan: JobPlan, index: int) -> list[ManifestLine] | None:
-        """Manifest lines of the chunk, or None when the job was cancelled on the way.
+    def _chunk_lines(self, plan: JobPlan, lease: Lease,
+                     beat: Heartbeat) -> list[ManifestLine] | None:
+        """Every manifest line of the chunk: earlier runs' progress, then the rest, segmented
+        here (or, after `max_attempts` crashes, given up as `worker_crashed`)."""
+        start, stop = plan.chunk_bounds(lease.chunk)
+        inputs = self._inputs(plan)[start:stop]
+        kept = [ManifestLine.model_validate_json(raw)
+                for raw in self._leases.progress(plan.id, lease.chunk, len(inputs))]
+        rest = inputs[len(kept):]
+        if lease.crashes >= self.max_attempts:
+            log.error("chunk gave up: its worker died on every run", extra={
+                "job_id": plan.id, "chunk": lease.chunk, "crashes": lease.crashes,
+                "images": len(rest)})
+            return kept + [self._crashed_line(plan, uri, lease.crashes) for uri in rest]
+        # After a crash, one image at a time and no overlap: progress is saved per image
+        # before the next one is even opened, so the image that kills the worker costs only
+        # itself and what follows it.
+        isolate = lease.crashes > 0
+        found = self._segment_chunk(plan, rest, 1 if isolate else self.batch_size, lease,
+                                    len(kept), beat, overlap=not isolate)
+        return None if found is None else kept + found
+
+    def _crashed_line(self, plan: JobPlan, uri: str, crashes: int) -> ManifestLine:
+        error = WorkerCrashed(f"the worker died {crashes} times running this image's chunk "
+                              "(out of memory, or killed); the image was not segmented")
+        return ManifestLine(input=uri, output=None, model=plan.model.name,
+                            model_version=plan.model.version,
+                            error=ErrorEntry(code=error.code, detail=error.detail))
+
+    def _inputs(self, plan: JobPlan) -> list[str]:
+        with self._plans_lock:
+            found = self._plans.get(plan.id)
+            if found is not None:
+                self._plans.move_to_end(plan.id)
+                return found
+        inputs = manifest.read_plan_inputs(plan, self.storage)
+        with self._plans_lock:
+            self._plans[plan.id] = inputs
+            while len(self._plans) > self.plans_kept:
+                self._plans.popitem(last=False)
+        return inputs
+
+    def _segment_chunk(self, plan: JobPlan, inputs: list[str], batch_size: int, lease: Lease,
+                       offset: int, beat: Heartbeat,
+                       overlap: bool = True) -> list[ManifestLine] | None:
+        """Manifest lines of `inputs` (the chunk from position `offset` on), or None when the
+        job was cancelled on the way.
 
         Three stages overlap, each bounded to about one batch ahead: the I/O threads read and
         decode the next batch while this thread runs the model on the current one, and they
         resize, PNG-encode and write the previous batch's masks meanwhile. The model is the
         only step that needs both cores to itself; decoding and encoding would otherwise leave
-        it idle a third of the time (MACHINE.md).
+        it idle a third of the time (MACHINE.md). A batch's lines are saved as progress
+        (fenced by the lease) once its masks are written. Without `overlap` (after a crash),
+        an image is not even opened before the previous one is saved.
         """
-        inputs = self.store.chunk_inputs(plan, index)
         model = self.models(plan.model.name, plan.model.version)
         size = model.input_size
-        batches = [inputs[i:i + self.batch_size] for i in range(0, len(inputs), self.batch_size)]
+        batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
         lines: list[ManifestLine] = []
+        saved = 0
         with ThreadPoolExecutor(self.io_threads, thread_name_prefix="chunk-io") as pool:
 
             def load(batch: Sequence[str]) -> list[Future[Prepared | MaskfleetError]]:
                 return [pool.submit(self._load, uri, size) for uri in batch]
+
+            def settle_and_save(written: list[Written]) -> None:
+                nonlocal saved
+                _settle(written)
+                if not self._leases.save_progress(
+                        lease, offset + saved, [line.model_dump_json() for line, _ in written]):
+                    raise LeaseLost()
+                saved += len(written)
 
             pending = load(batches[0]) if batches else []
             writing: list[Written] = []
             for position, batch in enumerate(batches):
                 loaded = [f.result() for f in pending]
                 following = batches[position + 1] if position + 1 < len(batches) else []
-                pending = load(following)
-                if self.store.state(plan.id) is not JobState.RUNNING:
+                pending = load(following) if overlap else []
+                if beat.lost.is_set() or self.store.state(plan.id) is not JobState.RUNNING:
                     for future in pending:
                         future.cancel()
+                    if beat.lost.is_set():
+                        raise LeaseLost()
                     return None
                 written = self._segment_batch(plan, model, batch, loaded, pool)
-                _settle(writing)  # the previous batch: at most two batches of masks in flight
+                settle_and_save(writing)  # the previous batch: at most two in flight
                 writing = written
                 lines.extend(line for line, _ in written)
-            _settle(writing)
+                if not overlap:
+                    settle_and_save(writing)
+                    writing = []
+                    pending = load(following)
+            settle_and_save(writing)
         return lines
 
     def _read(self, uri: str) -> bytes | MaskfleetError:

@@ -49,6 +49,38 @@ def plan_uri(output: str) -> str:
     return join(output, CHUNK_FOLDER, PLAN_FILE)
 
 
+class PlanFile(BaseModel):
+    """`<output>/_manifests/job.json`: the plan and the job's full input list, in order.
+
+    The input list lives here, in storage, not in Redis: a 100k-image job would otherwise
+    take megabytes of the state Redis, which must never fill up. Workers read it once per job.
+    """
+
+    plan: JobPlan
+    inputs: list[str]
+
+
+def write_plan(plan: JobPlan, inputs: list[str],
+               storage: Callable[[str], Storage] = storage_for) -> str:
+    uri = plan_uri(plan.output)
+    storage(uri).write(uri, PlanFile(plan=plan, inputs=inputs).model_dump_json().encode(),
+                       "application/json")
+    return uri
+
+
+def read_plan_inputs(plan: JobPlan, storage: Callable[[str], Storage] = storage_for) -> list[str]:
+    """The job's inputs; refuses a plan file that another job has overwritten since."""
+    uri = plan_uri(plan.output)
+    try:
+        found = PlanFile.model_validate_json(storage(uri).read(uri))
+    except ObjectNotFound as exc:
+        raise InvalidJob(f"the plan file {uri} is missing") from exc
+    if found.plan.id != plan.id or len(found.inputs) != plan.images:
+        raise InvalidJob(f"the plan file {uri} belongs to another job (was the output "
+                         "overwritten?)")
+    return found.inputs
+
+
 def encode(lines: Iterable[ManifestLine]) -> bytes:
     return b"".join(line.model_dump_json().encode() + b"\n" for line in lines)
 

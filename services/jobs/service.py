@@ -2,12 +2,15 @@
 
 Submission pins the model version (a stage is resolved once, here), so every chunk of a job
 uses one version even if the stage moves while it runs. Everything is checked before the job
-is recorded, so a refused job leaves nothing behind but an error with its reason.
+is recorded, and a submission that fails after that (unwritable output, queue or Redis down or
+full) discards the record and its output lock, so a refused job leaves nothing behind but an
+error with its reason. If even the discard fails (Redis gone), the reaper fails the job later.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +20,8 @@ import redis
 from services.jobs import manifest
 from services.jobs.confinement import OutputNotEmpty, StoragePolicy
 from services.jobs.inputs import chunk_count, resolve_inputs
+from services.jobs.leases import ChunkLeases
+from services.jobs.reaper import Reaper
 from services.jobs.records import JobPlan, JobRequest, JobStatus, ModelRef
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
@@ -150,26 +155,36 @@ class JobService:
             submitted_by=submitted_by, overwrite=request.overwrite,
         )
         with redis_guard():
-            self.store.create(plan, inputs.uris)
+            self.store.create(plan)
         try:
-            self._write_plan(plan)
-        except InvalidJob as exc:
+            self._write_plan(plan, inputs.uris)
+        except (InvalidJob, StorageUnavailable):
             with redis_guard():
-                self.store.fail(plan.id, exc.detail)
+                self.store.discard(plan)
             raise
         try:
             self.enqueue(plan.id, range(plan.chunks))
         except Exception as exc:
+            # Chunk messages already sent find no job and skip themselves.
             with redis_guard():
-                self.store.fail(plan.id, "could not queue its chunks: "
-                                + plain_reason(exc, "the job queue"))
+                self.store.discard(plan)
             raise unavailable(exc) from exc
+        with redis_guard():
+            self.store.mark_enqueued(plan.id)
         if self.on_submitted:
             self.on_submitted()
         log.info("job submitted", extra={"job_id": plan.id, "images": plan.images,
                                          "submitted_by": submitted_by,
                                          "chunks": plan.chunks, "version": model.version})
         return self.status(plan.id)
+
+    def start_reaper(self) -> threading.Event:
+        """Run the reaper (`reaper.py`) beside the API too, so a dead worker's chunk is
+        requeued even before a replacement worker has started; set the event to stop it."""
+        leases = ChunkLeases(self.store.redis, lease_seconds=self.settings.job_lease_seconds)
+        reaper = Reaper(self.store, leases, self.enqueue,
+                        submit_grace_seconds=self.settings.job_submit_grace_seconds)
+        return reaper.start(self.settings.job_heartbeat_seconds)
 
     def status(self, job_id: str, viewer: str | None = None) -> JobStatus:
         """The job's status; with `viewer`, only if they submitted it (404 otherwise, so ids
@@ -201,12 +216,12 @@ class JobService:
         return ModelRef(name=default.model_name, version=resolved,
                         stage=None if version is not None else stage)
 
-    def _write_plan(self, plan: JobPlan) -> None:
-        """Record the plan beside the outputs; this also proves the output is writable."""
-        uri = manifest.plan_uri(plan.output)
+    def _write_plan(self, plan: JobPlan, inputs: list[str]) -> None:
+        """Write the plan file (plan + inputs) beside the outputs; this also proves the
+        output is writable. The job holds the output lock by now, so it cannot clobber the
+        plan of another unfinished job."""
         try:
-            self.storage(uri).write(uri, plan.model_dump_json(indent=2).encode(),
-                                    "application/json")
+            manifest.write_plan(plan, inputs, self.storage)
         except StorageUnavailable:
             raise  # passing: the caller gets 503 and may retry
         except StorageError as exc:

@@ -77,8 +77,29 @@ class JobSettings(ServiceSettings):
                                  "root folder; name a bucket or folder")
         return self
 
+    job_lease_seconds: float = Field(default=30.0, ge=2.0, le=3600.0)
+    """How long a chunk stays reserved for its worker without a heartbeat. A worker that dies
+    gives its chunk back this long after its last heartbeat (plus one reaper pass), whatever
+    the hostname of its replacement."""
+
+    job_heartbeat_seconds: float = Field(default=5.0, gt=0.0, le=600.0)
+    """How often a running chunk renews its lease, and how often each worker's reaper looks
+    for expired leases and interrupted submissions. At most a third of the lease, so two
+    missed beats (a pause, a Redis blip) do not hand a live chunk to someone else."""
+
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    """Runs of one chunk that may crash their worker before its unfinished images become
+    `worker_crashed` per-item errors, so a poison image cannot be redelivered forever."""
+
+    job_submit_grace_seconds: float = Field(default=60.0, ge=1.0)
+    """A job still `queued` without all of its chunk messages sent this long after submission
+    was cut short (its caller got a 503): the reaper fails it and releases its output."""
+
     @model_validator(mode="after")
     def _chunk_size_fits_the_maximum(self) -> Self:
         if self.job_chunk_size > self.job_max_chunk_size:
             raise ValueError("job_chunk_size is larger than job_max_chunk_size")
+        if self.job_heartbeat_seconds * 3 > self.job_lease_seconds:
+            raise ValueError("job_heartbeat_seconds must be at most a third of "
+                             "job_lease_seconds")
         return self

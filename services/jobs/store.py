@@ -1,13 +1,17 @@
-"""Job state in Redis, shared by the API (submit, status, cancel) and every worker.
+"""Job state in the state Redis, shared by the API (submit, status, cancel) and every worker.
 
 Keys, all under `maskfleet:job:<id>`:
-- the hash itself: `plan` (JSON), `state`, `done`, `failed`, `error`, `manifest`, timestamps;
-- `:inputs` list (the job's images in order; chunk n is a slice of it);
+- the hash itself: `plan` (JSON, without the input list: that is the plan file in storage, so
+  a 100k-image job costs Redis a few hundred bytes), `state`, `done`, `failed`, `error`,
+  `manifest`, `enqueued` (set once every chunk message was sent), `lock`, timestamps;
 - `:chunks` set of completed chunk numbers: counts only move when a number is added to it, in
   the same Lua call, so a redelivered chunk never counts twice;
-- `:errors` list (first `max_errors` per-item errors), `:attempts` / `:workers` hashes.
-`maskfleet:jobs:active` holds unfinished job ids (for metrics); `maskfleet:output:<uri>`
-locks an output prefix to one unfinished job. Finished jobs expire after `ttl_seconds`.
+- `:errors` list (first `max_errors` per-item errors), `:attempts` / `:workers` hashes;
+- `:leases`, `:crashes` and `:progress`: chunk leases and per-image progress (`leases.py`).
+`maskfleet:jobs:active` holds unfinished job ids; `maskfleet:output:<uri>` locks an output
+prefix to one unfinished job and is released by every move to a finished state. Finished jobs
+expire after `ttl_seconds`. Every write that must be all-or-nothing is one Lua call, so a Redis
+that fails or is full (`noeviction`) mid-submission leaves no half-made job or orphaned lock.
 """
 
 from __future__ import annotations
@@ -33,17 +37,59 @@ from shared.errors import JobNotFound, OutputInUse
 PREFIX = "maskfleet:job:"
 ACTIVE = "maskfleet:jobs:active"
 OUTPUT_LOCK = "maskfleet:output:"
-_PUSH_BATCH = 1000
+LEASES = "maskfleet:leases"
+"""Sorted set of `<job id>:<chunk>` of chunks in progress, scored by lease deadline (ms)."""
+JOB_PARTS = ("chunks", "errors", "attempts", "workers", "leases", "crashes", "progress")
 
-# KEYS: job, chunks, errors. ARGV: chunk, processed, failed, now, max_errors, error JSON...
+
+def lease_member(job_id: str, index: int) -> str:
+    return f"{job_id}:{index}"
+
+# KEYS: job, active, lock. ARGV: job id, plan JSON, images, created_at.
+# Returns '' when recorded, else the id of the unfinished job holding the output.
+# The shebang makes Redis refuse the whole call up front when it is out of memory, so a full
+# Redis never holds half a job.
+_CREATE = """#!lua
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] and redis.call('SISMEMBER', KEYS[2], holder) == 1 then
+  return holder
+end
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'plan', ARGV[2], 'state', 'queued', 'done', 0, 'failed', 0,
+           'images', ARGV[3], 'lock', KEYS[3], 'created_at', ARGV[4], 'updated_at', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+return ''
+"""
+
+# KEYS: job, active, lock, then every other key of the job. ARGV: job id.
+# Removes a job whose submission was refused after it was recorded (its caller got an error,
+# not a job id). allow-oom: it must free a full Redis, not be refused by it.
+_DISCARD = """#!lua flags=allow-oom
+if redis.call('HGET', KEYS[1], 'enqueued') then return 0 end
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: job, chunks, errors, job leases, leases zset, progress. ARGV: chunk, processed,
+# failed, now, max_errors, lease token, lease member, chunk size, error JSON...
+# Fenced: only the current lease holder's results count ({0, -2} for anybody else); a holder
+# whose entry is gone may still record (the set below keeps that exactly once).
 _COMPLETE_CHUNK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, -1} end
+local holder = redis.call('HGET', KEYS[4], ARGV[1])
+if holder and holder ~= ARGV[6] then return {0, -2} end
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[7])
+for i = 0, tonumber(ARGV[8]) - 1 do redis.call('HDEL', KEYS[6], ARGV[1] .. ':' .. i) end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 if added == 1 then
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
   local room = tonumber(ARGV[5]) - redis.call('LLEN', KEYS[3])
-  for i = 6, math.min(#ARGV, 5 + room) do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  for i = 9, math.min(#ARGV, 8 + room) do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 end
 return {added, redis.call('SCARD', KEYS[2])}
@@ -75,7 +121,8 @@ class ChunkCompletion:
     counted: bool
     """False when the chunk had already been counted (a redelivery)."""
     chunks_done: int
-    """Completed chunks after this one; -1 when the job no longer exists."""
+    """Completed chunks after this one; -1 when the job no longer exists, -2 when this
+    worker's lease was taken over by another attempt (its results do not count)."""
 
 
 def key(job_id: str, part: str = "") -> str:
@@ -94,6 +141,8 @@ class JobStore:
         self.redis = client
         self.max_errors = max_errors
         self.ttl_seconds = ttl_seconds
+        self._create = client.register_script(_CREATE)
+        self._discard = client.register_script(_DISCARD)
         self._complete = client.register_script(_COMPLETE_CHUNK)
         self._transition = client.register_script(_TRANSITION)
 
@@ -105,8 +154,7 @@ class JobStore:
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
-        return [key(job_id)] + [key(job_id, p) for p in
-                                ("inputs", "chunks", "errors", "attempts", "workers")]
+        return [key(job_id)] + [key(job_id, p) for p in JOB_PARTS]
 
     def output_writer(self, output: str) -> str | None:
         """The unfinished job writing `output`, if any (create() re-checks atomically)."""
@@ -114,27 +162,25 @@ class JobStore:
         holder = text(raw) if raw else None
         return holder if holder and self.redis.sismember(ACTIVE, holder) else None
 
-    def create(self, plan: JobPlan, inputs: Sequence[str]) -> None:
-        """Record a queued job; refuse an output prefix another unfinished job writes to."""
+    def create(self, plan: JobPlan) -> None:
+        """Record a queued job and lock its output, in one step; refuse an output prefix
+        another unfinished job writes to."""
         lock = OUTPUT_LOCK + plan.output.rstrip("/")
-        if not self.redis.set(lock, plan.id, nx=True):
-            raw_holder = self.redis.get(lock)
-            holder = text(raw_holder) if raw_holder else None
-            if holder and self.redis.sismember(ACTIVE, holder):
-                raise OutputInUse(f"output {plan.output} is being written by unfinished job "
-                                 f"{holder}; cancel it or choose another output")
-            self.redis.set(lock, plan.id)
-        stamp = plan.created_at.isoformat()
-        pipe = self.redis.pipeline(transaction=True)
-        for start in range(0, len(inputs), _PUSH_BATCH):
-            pipe.rpush(key(plan.id, "inputs"), *inputs[start:start + _PUSH_BATCH])
-        pipe.hset(key(plan.id), mapping={
-            "plan": plan.model_dump_json(), "state": JobState.QUEUED.value, "done": 0,
-            "failed": 0, "images": plan.images, "lock": lock, "created_at": stamp,
-            "updated_at": stamp,
-        })
-        pipe.sadd(ACTIVE, plan.id)
-        pipe.execute()
+        holder = text(self._create(
+            keys=[key(plan.id), ACTIVE, lock],
+            args=[plan.id, plan.model_dump_json(), plan.images, plan.created_at.isoformat()]))
+        if holder:
+            raise OutputInUse(f"output {plan.output} is being written by unfinished job "
+                              f"{holder}; cancel it or choose another output")
+
+    def discard(self, plan: JobPlan) -> None:
+        """Forget a job whose submission failed after `create`: no record, no output lock."""
+        self._discard(keys=[key(plan.id), ACTIVE, OUTPUT_LOCK + plan.output.rstrip("/"),
+                            *(key(plan.id, p) for p in JOB_PARTS)], args=[plan.id])
+
+    def mark_enqueued(self, job_id: str) -> None:
+        """Every chunk message was sent: the reaper leaves this job alone from now on."""
+        self.redis.hset(key(job_id), "enqueued", 1)
 
     def plan(self, job_id: str) -> JobPlan:
         raw = self.redis.hget(key(job_id), "plan")
@@ -167,25 +213,15 @@ class JobStore:
             updated_at=datetime.fromisoformat(fields["updated_at"]),
         )
 
-    def chunk_inputs(self, plan: JobPlan, index: int) -> list[str]:
-        start, stop = plan.chunk_bounds(index)
-        return [text(item) for item in self.redis.lrange(key(plan.id, "inputs"), start, stop - 1)]
-
-    def start_chunk(self, job_id: str, index: int, worker: str) -> int:
-        """Note who runs the chunk and move a queued job to running; returns the attempt."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key(job_id, "attempts"), str(index), 1)
-        pipe.hset(key(job_id, "workers"), str(index), worker)
-        attempt = int(pipe.execute()[0])
-        self._move(job_id, JobState.RUNNING, from_states=(JobState.QUEUED,))
-        return attempt
-
     def complete_chunk(self, job_id: str, index: int, processed: int,
-                       errors: Iterable[ItemError]) -> ChunkCompletion:
+                       errors: Iterable[ItemError], *, token: str) -> ChunkCompletion:
+        """Count a chunk once, and only for the holder of its current lease (`token`)."""
         listed = [e.model_dump_json() for e in errors]
         counted, done = self._complete(
-            keys=[key(job_id), key(job_id, "chunks"), key(job_id, "errors")],
-            args=[index, processed, len(listed), now().isoformat(), self.max_errors, *listed],
+            keys=[key(job_id), key(job_id, "chunks"), key(job_id, "errors"),
+                  key(job_id, "leases"), LEASES, key(job_id, "progress")],
+            args=[index, processed, len(listed), now().isoformat(), self.max_errors, token,
+                  lease_member(job_id, index), processed, *listed],
         )
         return ChunkCompletion(counted=bool(counted), chunks_done=int(done))
 
@@ -220,6 +256,18 @@ class JobStore:
                   *(s.value for s in from_states)],
         )
         return previous is not None
+
+    def unenqueued(self, limit: int = 1000) -> list[tuple[str, datetime]]:
+        """(job id, created_at) of queued jobs whose chunk messages were never all sent."""
+        ids = sorted(text(m) for m in self.redis.smembers(ACTIVE))[:limit]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(key(job_id), "state", "enqueued", "created_at")
+        found = []
+        for job_id, (state, enqueued, created) in zip(ids, pipe.execute(), strict=True):
+            if state == JobState.QUEUED.value and not enqueued and created:
+                found.append((job_id, datetime.fromisoformat(text(created))))
+        return found
 
     def active(self, limit: int = 200) -> list[tuple[str, int, int, int]]:
         """(job id, images, done, failed) of unfinished jobs, for the metrics endpoint."""

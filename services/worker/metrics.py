@@ -49,8 +49,15 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "maskfleet_worker_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
             registry=r)
+        self.requeued = Counter(
+            "maskfleet_worker_chunks_requeued",
+            "Chunks this worker's reaper sent again because their lease expired, by cause "
+            "(crashed: the holder went silent; released: a retry never came)",
+            ["cause"], registry=r)
         for status in ("succeeded", "failed", "skipped"):
             self.chunks.labels(status)
+        for cause in ("crashed", "released"):
+            self.requeued.labels(cause)
         for status in ("ok", "error"):
             self.images.labels(status)
 

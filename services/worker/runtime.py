@@ -16,6 +16,8 @@ from prometheus_client import start_http_server
 
 from services.jobs.broker import QUEUE
 from services.jobs.chunk import ChunkOutcome, ChunkRunner
+from services.jobs.leases import ChunkLeases
+from services.jobs.reaper import Enqueue, Reaper
 from services.jobs.store import JobStore
 from services.worker.metrics import WorkerMetrics
 from services.worker.models import ModelCache
@@ -28,12 +30,32 @@ log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, enqueue: Enqueue | None = None) -> None:
         self.settings = settings
+        self.enqueue = enqueue
+        """Sends chunk messages (the reaper's requeues); the worker's own Celery app."""
 
     @cached_property
     def store(self) -> JobStore:
         return JobStore.from_settings(self.settings)
+
+    @cached_property
+    def leases(self) -> ChunkLeases:
+        return ChunkLeases(self.store.redis, lease_seconds=self.settings.job_lease_seconds)
+
+    @cached_property
+    def reaper(self) -> Reaper:
+        if self.enqueue is None:
+            raise RuntimeError("the reaper needs a way to send chunk messages")
+        return Reaper(self.store, self.leases, self.enqueue,
+                      submit_grace_seconds=self.settings.job_submit_grace_seconds,
+                      on_requeue=lambda item: self.metrics.requeued.labels(
+                          "crashed" if item.crashed else "released").inc())
+
+    def start_reaper(self) -> None:
+        """Every worker reaps, so a replacement starts recovering its predecessor's chunk
+        before it has even loaded a model."""
+        self.reaper.start(self.settings.job_heartbeat_seconds)
 
     @cached_property
     def repository(self) -> ModelRepository:
@@ -59,6 +81,8 @@ class WorkerRuntime:
             self.store, self.models, batch_size=s.model_batch_size, max_pixels=s.max_pixels,
             max_image_bytes=s.max_image_bytes, io_threads=s.io_threads,
             worker=f"{socket.gethostname()}:{os.getpid()}", metrics=self.metrics,
+            leases=self.leases, heartbeat_seconds=s.job_heartbeat_seconds,
+            max_attempts=s.job_max_attempts,
         )
 
     def warm_up(self) -> None:

@@ -6,6 +6,7 @@ retries run out, or on an error that no retry can fix, the chunk's job is marked
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -14,6 +15,8 @@ from celery import Celery, signals
 from services.jobs.broker import CHUNK_TASK
 from services.worker.runtime import WorkerRuntime
 from shared.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 RETRYABLE = (StorageError, redis.RedisError, ConnectionError, TimeoutError)
 
@@ -30,7 +33,11 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     def on_failure(sender: Any = None, exception: BaseException | None = None,
                    args: Any = None, **_: Any) -> None:
         job_id, index = args
-        runtime.fail_job(job_id, f"chunk {index} failed: {type(exception).__name__}: "
-                                 f"{exception}")
+        try:
+            runtime.fail_job(job_id, f"chunk {index} failed: {type(exception).__name__}: "
+                                     f"{exception}")
+        except redis.RedisError as exc:  # the lease expires and the reaper requeues the chunk
+            log.warning("could not fail the job", extra={"job_id": job_id,
+                                                         "error": type(exc).__name__})
 
     signals.task_failure.connect(on_failure, sender=process_chunk, weak=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from services.jobs.broker import make_celery
+from services.jobs.broker import CeleryEnqueuer, make_celery
 from services.worker.liveness import heartbeat_step
 from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
@@ -24,7 +24,7 @@ from shared.logging import configure_logging
 def create_worker_app(settings: WorkerSettings) -> Celery:
     celery = make_celery(settings.state_redis(),
                          visibility_timeout=settings.visibility_timeout_seconds)
-    runtime = WorkerRuntime(settings)
+    runtime = WorkerRuntime(settings, CeleryEnqueuer(celery))
     register_tasks(celery, runtime)
 
     def setup_logging(**_: Any) -> None:
@@ -32,6 +32,7 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
 
     def start_process(**_: Any) -> None:
         size_tensorflow_threads(settings.cpu_limit)  # before the model's first op
+        runtime.start_reaper()
         runtime.warm_up()
         runtime.serve_metrics()
 

@@ -1,0 +1,288 @@
+"""Durable jobs with real components: the state Redis (AOF `everysec`, `requirepass`), the API
+as a uvicorn process and the only Celery worker, started as deployed with one fixed node name,
+so a replacement has the same hostname as the worker it replaces (as a restarted container).
+
+A job holds a worker inside a chunk by naming a local FIFO as one of its images: the worker
+reading it blocks until the test writes an image into it. The "poison" image is such a FIFO
+whose reader the test SIGKILLs every time, as the kernel's OOM killer would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from services.jobs.manifest import decode
+from services.jobs.store import JobStore, key
+from shared.redis import RedisEndpoint
+from shared.storage import storage_for
+from tests.integration.test_inference_support import start_api, url
+from tests.servers import Server, free_port, port_open, start_redis, wait_until
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "durable-7c1e"
+CELERY = str(Path(sys.executable).with_name("celery"))
+NODE = "durable@%h"
+JOB_TIMEOUT = 180.0
+REQUEUE_WITHIN = 60.0
+
+
+def png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Stack:
+    redis: Server
+    aof: Path
+    api: Server
+    logs: Path
+    repo: Path
+    worker: Server | None = None
+
+    @property
+    def state_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def store(self) -> JobStore:
+        endpoint = RedisEndpoint.build("state", self.state_url, SecretStr(PASSWORD))
+        return JobStore(endpoint.client(decode_responses=True))
+
+    def start_worker(self, **settings: object) -> Server:
+        """The only worker, always with the same node name and hostname."""
+        port = free_port()
+        env = {"MASKFLEET_STATE_REDIS_URL": self.state_url,
+               "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
+               "MASKFLEET_MODEL_REPOSITORY": str(self.repo),
+               "MASKFLEET_WORKER_METRICS_PORT": str(port),
+               "MASKFLEET_CACHE_DIR": str(self.logs / "worker-cache"),
+               "TF_CPP_MIN_LOG_LEVEL": "2",
+               **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()}}
+        worker = Server([CELERY, "-A", "services.worker.app", "worker", "--pool=solo",
+                         "--concurrency=1", "-Q", "maskfleet", "--without-mingle",
+                         "--without-gossip", "--loglevel=INFO", "-n", NODE], port,
+                        log=self.logs / "worker.log", env=env)
+        self.worker = worker.start(timeout=120)
+        return self.worker
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        self.worker.stop(signal.SIGKILL)
+        assert self.worker.proc is not None
+        assert self.worker.proc.returncode == -signal.SIGKILL
+
+    def restart_redis(self) -> None:
+        self.redis = start_redis(self.redis.port, self.logs / "redis.log", password=PASSWORD,
+                                 aof_dir=self.aof)
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("durable")
+    aof = logs / "aof"
+    server = start_redis(log=logs / "redis.log", password=PASSWORD, aof_dir=aof)
+    base = f"redis://127.0.0.1:{server.port}/0"
+    api = start_api(tiny_model_repo, logs, base, state_redis_password=PASSWORD,
+                    cache_redis_password=PASSWORD, cache_enabled="false",
+                    stage_poll_seconds=0)
+    found = Stack(server, aof, api, logs, tiny_model_repo)
+    try:
+        yield found
+    finally:
+        for process in (found.worker, api, found.redis):
+            if process is not None:
+                process.stop()
+
+
+@pytest.fixture
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url(stack.api), timeout=30) as client:
+        yield client
+
+
+def images(folder: Path, count: int, seed: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for i in range(count):
+        path = folder / f"img{i:02d}.png"
+        path.write_bytes(png(seed + i))
+        uris.append(str(path))
+    return uris
+
+
+def fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return str(path)
+
+
+@contextlib.contextmanager
+def reader_of(path: str, timeout: float = JOB_TIMEOUT) -> Iterator[int]:
+    """Wait until a worker has `path` open for reading; yields our writing end."""
+    opened: list[int] = []
+
+    def present() -> bool:
+        try:
+            opened.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return False
+        return True
+
+    wait_until(present, timeout, f"a worker reading {path}")
+    try:
+        yield opened[0]
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(opened[0])
+
+
+def feed(fd: int, data: bytes) -> None:
+    os.set_blocking(fd, True)
+    os.write(fd, data)
+
+
+def submit(http: httpx.Client, inputs: list[str], output: Path, chunk_size: int) -> str:
+    answer = http.post("/v1/jobs", json={"input": inputs, "output": str(output),
+                                         "chunk_size": chunk_size})
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["job_id"]
+    return job_id
+
+
+def finished(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    def done() -> bool:
+        reply = http.get(f"/v1/jobs/{job_id}")
+        return reply.status_code == 200 and reply.json()["state"] in (
+            "succeeded", "failed", "cancelled")
+
+    wait_until(done, JOB_TIMEOUT, f"job {job_id} to finish")
+    job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+    return job
+
+
+def manifest_inputs(job: dict[str, Any]) -> list[Any]:
+    return decode(storage_for(job["manifest"]).read(job["manifest"]))
+
+
+def started(store: JobStore, job_id: str, chunk: int, attempt: int = 1) -> bool:
+    found = store.chunk_attempts(job_id).get(chunk)
+    return bool(found and found[0] >= attempt)
+
+
+def test_a_killed_worker_is_replaced_by_one_with_the_same_hostname_and_the_job_completes(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    stack.start_worker()  # default lease (30 s) and heartbeat (5 s)
+    store = stack.store()
+    plain = images(tmp_path / "in", 11, 100)
+    held = fifo(tmp_path / "held.png")
+    inputs = [*plain[:5], held, *plain[5:]]  # chunk 1 = img04, held, img05, img06
+    job_id = submit(http, inputs, tmp_path / "out", chunk_size=4)
+    with reader_of(held):  # the worker is inside chunk 1
+        assert started(store, job_id, 1)
+        stack.kill_worker()
+    killed = time.monotonic()
+    stack.start_worker()
+
+    def requeued() -> bool:
+        return store.redis.hget(key(job_id, "crashes"), "1") == "1"
+
+    wait_until(requeued, max(1.0, REQUEUE_WITHIN - (time.monotonic() - killed)),
+               "chunk 1 to be requeued within 60 s of its worker's death")
+    with reader_of(held) as fd:  # the replacement runs chunk 1 again
+        feed(fd, png(999))
+    job = finished(http, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["totals"] == {"images": 12, "done": 12, "failed": 0}
+    lines = manifest_inputs(job)
+    assert [x.input for x in lines] == inputs  # each input exactly once, in order
+    assert all(x.output and x.error is None for x in lines)
+    assert store.chunk_attempts(job_id)[1][0] == 2
+
+
+def test_the_state_redis_killed_mid_job_restarts_from_its_aof_and_loses_nothing(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    if stack.worker is None or stack.worker.proc is None or stack.worker.proc.poll() is not None:
+        stack.start_worker()
+    store = stack.store()
+    plain = images(tmp_path / "in", 7, 200)
+    held = fifo(tmp_path / "held.png")
+    inputs = [*plain[:3], held, *plain[3:]]  # chunk 1 = held, img03, img04
+    job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
+    with reader_of(held) as fd:
+        stack.redis.stop(signal.SIGKILL)
+        wait_until(lambda: not port_open(stack.redis.port), 30, "Redis to be gone")
+        stack.restart_redis()
+        assert store.redis.hget(key(job_id), "state") == "running"  # read back from the AOF
+        feed(fd, png(998))
+    job = finished(http, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["totals"] == {"images": 8, "done": 8, "failed": 0}
+    assert [x.input for x in manifest_inputs(job)] == inputs
+
+
+def test_an_image_that_kills_its_worker_every_time_becomes_a_per_item_error(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    fast = {"job_lease_seconds": 4, "job_heartbeat_seconds": 1, "job_max_attempts": 2}
+    if stack.worker is not None:
+        stack.worker.stop()
+    stack.start_worker(**fast)
+    plain = images(tmp_path / "in", 5, 300)
+    poison = fifo(tmp_path / "poison.png")
+    inputs = [*plain[:2], poison, *plain[2:]]  # chunk 0 = img00, img01, poison
+    job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
+    kills = 0
+    while kills < 2:  # every worker that opens the poison dies
+        with reader_of(poison):
+            stack.kill_worker()
+        kills += 1
+        stack.start_worker(**fast)
+    job = finished(http, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["totals"] == {"images": 6, "done": 6, "failed": 1}
+    assert [(e["input"], e["code"]) for e in job["errors"]] == [(poison, "worker_crashed")]
+    lines = manifest_inputs(job)
+    assert [x.input for x in lines] == inputs
+    assert [x.output is not None for x in lines] == [True, True, False, True, True, True]
+
+
+def test_a_submission_while_the_state_redis_is_down_is_a_503_that_leaves_nothing(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    inputs = images(tmp_path / "in", 2, 400)
+    output = tmp_path / "out"
+    store = stack.store()
+    jobs_before = len(list(store.redis.scan_iter("maskfleet:job:*")))
+    stack.redis.stop(signal.SIGKILL)
+    wait_until(lambda: not port_open(stack.redis.port), 30, "Redis to be gone")
+    try:
+        answer = http.post("/v1/jobs", json={"input": inputs, "output": str(output)})
+    finally:
+        stack.restart_redis()
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["detail"] == "the job store is unreachable; try again later"
+    assert "maskfleet:" not in answer.json()["detail"]
+    assert store.redis.get(f"maskfleet:output:{output}") is None  # no orphaned lock
+    assert len(list(store.redis.scan_iter("maskfleet:job:*"))) == jobs_before  # no record
+    job_id = submit(http, inputs, output, chunk_size=2)  # the output is free
+    assert finished(http, job_id)["state"] == "succeeded"
