@@ -53,6 +53,9 @@ TOKEN_BYTES = 16
 REDIS_TIMEOUT_SECONDS = 2.0
 """Writes carry whole images and run in the background; the result cache's 50 ms budget would
 drop large ones, and a slow Redis delays only feedback here, never an answer."""
+CONNECT_TIMEOUT_SECONDS = 1.0
+"""The state Redis is durable, not a cache: a busy node may take longer than the cache's 50 ms
+to accept a connection, and a refused connection fails at once anyway."""
 MAX_PENDING_WRITES = 32
 """Background writes in flight at once; more are dropped so a stalled Redis cannot pile up
 images in the API's memory."""
@@ -211,9 +214,10 @@ class RedisServedLog:
         own connection pool (or on `client`)."""
         owns = client is None
         if client is None:
+            # One retry on a fresh connection: a restarted state Redis leaves every pooled
+            # connection dead, and the first request after it must not fail for that.
             client = settings.state_redis().with_timeouts(
-                REDIS_TIMEOUT_SECONDS, settings.redis_connect_timeout_ms / 1000,
-                retries=0).async_client()
+                REDIS_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS, retries=1).async_client()
         return cls(client, sample_rate=settings.feedback_sample_rate,
                    ttl_seconds=settings.feedback_ttl_seconds,
                    max_entries=settings.feedback_max_entries,
