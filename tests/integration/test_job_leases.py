@@ -111,9 +111,11 @@ def queue() -> Queue:
 
 
 @pytest.fixture
-def service(store: JobStore, tiny_model_repo: Path, queue: Queue) -> JobService:
+def service(store: JobStore, tiny_model_repo: Path, queue: Queue, tmp_path: Path) -> JobService:
+    allowed = (str(tmp_path), "/data/pets")
     return JobService(store, ModelRepository(str(tiny_model_repo)), queue,
-                      JobSettings(model_repository=str(tiny_model_repo)))
+                      JobSettings(model_repository=str(tiny_model_repo),
+                                  job_input_prefixes=allowed, job_output_prefixes=allowed))
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +300,9 @@ def test_a_full_state_redis_refuses_submissions_plainly_and_evicts_nothing(
     db = redis.Redis.from_url(url)
     written = fill(db)
     settings = InferenceSettings(model_repository=str(tiny_model_repo), state_redis_url=url,
-                                 cache_redis_url=url, cache_dir=str(tmp_path / "cache"))
+                                 cache_redis_url=url, cache_dir=str(tmp_path / "cache"),
+                                 job_input_prefixes=(str(tmp_path),),
+                                 job_output_prefixes=(str(tmp_path),))
     api = TestClient(create_app(settings), raise_server_exceptions=False)
     uris = images(tmp_path / "in", 2)
     answer = api.post("/v1/jobs", json={"input": uris, "output": str(tmp_path / "out")})
@@ -310,4 +314,6 @@ def test_a_full_state_redis_refuses_submissions_plainly_and_evicts_nothing(
     for leak in ("maskfleet:job", "maskfleet:output", "maskfleet:jobs", "maxmemory", "OOM",
                  "script"):
         assert leak not in answer.text
-    assert db.dbsize() == written, [k for k in db.keys("*") if not k.startswith(b"kept")]
+    assert len(db.keys("kept-answer-*")) == written  # nothing evicted
+    assert not db.keys("maskfleet:job*")  # nothing half-made: no record,
+    assert not db.keys("maskfleet:output:*")  # no output lock
