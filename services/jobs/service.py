@@ -225,4 +225,8 @@ class JobService:
         except StorageUnavailable:
             raise  # passing: the caller gets 503 and may retry
         except StorageError as exc:
-            raise InvalidJob(f"cannot write to output {plan.output}: {exc.detail}") from exc
+            # the storage layer's detail may name internal paths or cloud messages: log it,
+            # tell the caller only which output it could not write
+            log.warning("job output not writable",
+                        extra={"output": plan.output, "error": exc.detail[:1024]})
+            raise InvalidJob(f"cannot write to output {plan.output}") from exc
