@@ -1,4 +1,5 @@
-"""Render charts/maskfleet with its default values into k8s/, for `kubectl apply -f k8s/`.
+"""Render charts/maskfleet with its default values into k8s/, for `kubectl apply -f k8s/`
+(except the Secrets kubectl users create: see MANIFEST_VALUES).
 
 The chart is the single source of truth; k8s/ is its output and is never edited by hand.
 Rendering goes through the Helm Go SDK (helm-python-sdk), offline, so what `kubectl apply`
@@ -72,10 +73,14 @@ HEADER = (
 
 Manifest = dict[str, Any]
 
-MANIFEST_VALUES: dict[str, Any] = {"apiKeys": {"existingSecret": "maskfleet-api-keys"}}
-"""k8s/ is rendered without cluster access, so a generated API key would change on every render:
-it expects the Secret `maskfleet-api-keys` (keys.json from `maskfleet-keys create`) instead,
-as docs/deploy.md says. `helm install` generates one by default."""
+MANIFEST_VALUES: dict[str, Any] = {
+    "apiKeys": {"existingSecret": "maskfleet-api-keys"},
+    "redis": {"auth": {"existingSecret": "maskfleet-redis-auth"}},
+}
+"""k8s/ is rendered without cluster access, so a generated API key or Redis password would
+change on every render: it expects the Secrets `maskfleet-api-keys` (keys.json from
+`maskfleet-keys create`) and `maskfleet-redis-auth` (key `redis-password`) instead, as
+docs/deploy.md says. `helm install` generates both by default."""
 
 
 # libyaml when available: parsing the rendered chart is most of a render's cost.

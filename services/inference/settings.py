@@ -359,6 +359,9 @@ class InferenceSettings(JobSettings):
                             "connections")
         if 0 < self.stage_poll_seconds < PRODUCTION_MIN_POLL_SECONDS:
             problems.append("stage_poll_seconds below 1 s hammers the model repository")
+        if self.cache_enabled and self.cache_redis().password is None:
+            problems.append("the cache Redis has no password; set cache_redis_password")
+        problems += self.state_redis_problems()
         if problems:
             raise ValueError("unsafe in production: " + "; ".join(problems))
         return self

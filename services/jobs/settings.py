@@ -103,3 +103,11 @@ class JobSettings(ServiceSettings):
             raise ValueError("job_heartbeat_seconds must be at most a third of "
                              "job_lease_seconds")
         return self
+
+    def state_redis_problems(self) -> list[str]:
+        """What production refuses about the state Redis (each process adds it to its own
+        list of unsafe values)."""
+        if self.environment == "production" and self.state_redis().password is None:
+            return ["the state Redis (jobs, queue, kept answers) has no password; set "
+                    "state_redis_password"]
+        return []

@@ -53,4 +53,6 @@ class WorkerSettings(JobSettings):
         ):
             raise ValueError("visibility_timeout_seconds below 60 s re-runs chunks that are "
                              "still running")
+        if problems := self.state_redis_problems():
+            raise ValueError("unsafe in production: " + "; ".join(problems))
         return self

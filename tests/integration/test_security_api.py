@@ -24,11 +24,12 @@ from PIL import Image
 
 from shared.storage import storage_for
 from tests.integration.test_inference_support import photo, start_api, url
-from tests.servers import Server, free_port, running, wait_until
+from tests.servers import Server, free_port, running, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
 
 REDIS_DB = 9
+REDIS_PASSWORD = "security-api-redis"
 KEYS = {  # id -> scopes
     "client": "infer,feedback",
     "other-client": "infer,feedback",
@@ -69,7 +70,7 @@ def create_key(keys_file: Path, key_id: str, scopes: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_server: Server, gcs_emulator: Server,
+def api(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: Server,
         tiny_model_repo: Path) -> Iterator[Api]:
     workdir = tmp_path_factory.mktemp("secure-api")
     keys_file = workdir / "keys.json"
@@ -81,16 +82,19 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_server: Server, gcs_emul
     if not client.bucket(bucket).exists():
         client.create_bucket(bucket)
     metrics_port = free_port()
-    server = start_api(
-        tiny_model_repo, workdir, f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
-        environment="production", api_keys_file=keys_file, metrics_port=metrics_port,
-        feedback_uri=f"gs://{bucket}/data/feedback", feedback_burst=FEEDBACK_BURST,
-        feedback_rate_per_minute=1, jobs_burst=JOBS_BURST, jobs_rate_per_minute=1,
-        job_input_prefixes=f"gs://{bucket}/incoming",
-        job_output_prefixes=f"gs://{bucket}/results",
-        stage_poll_seconds=0, cache_enabled="false", log_level="INFO")
-    with running(server):
-        yield Api(server, keys, metrics_port, next(workdir.glob("api-*.log")), bucket)
+    # production refuses a Redis without a password: this one requires it
+    with running(start_redis(log=workdir / "redis.log", password=REDIS_PASSWORD)) as redis_server:
+        server = start_api(
+            tiny_model_repo, workdir, f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+            environment="production", api_keys_file=keys_file, metrics_port=metrics_port,
+            feedback_uri=f"gs://{bucket}/data/feedback", feedback_burst=FEEDBACK_BURST,
+            feedback_rate_per_minute=1, jobs_burst=JOBS_BURST, jobs_rate_per_minute=1,
+            job_input_prefixes=f"gs://{bucket}/incoming",
+            job_output_prefixes=f"gs://{bucket}/results",
+            stage_poll_seconds=0, cache_enabled="false", log_level="INFO",
+            state_redis_password=REDIS_PASSWORD)
+        with running(server):
+            yield Api(server, keys, metrics_port, next(workdir.glob("api-*.log")), bucket)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "canary-off": {"inference": {"canary": {"enabled": False}}},
     "external-redis": {
-        "redis": {"enabled": False, "external": {"url": "redis://cache.example.internal:6379/2"}}
+        "redis": {"enabled": False, "external": {
+            "url": "redis://state.example.internal:6379/2",
+            "cacheUrl": "rediss://cache.example.internal:6380/0",
+            "passwordSecret": "external-redis", "passwordKey": "password"}}
     },
     "external-redis-secret": {
         "redis": {"enabled": False, "external": {"existingSecret": "maskfleet-redis-url"}}
@@ -81,7 +84,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 {"kind": "Group", "name": "ml-engineers", "apiGroup": "rbac.authorization.k8s.io"}
             ]
         },
-        "redis": {"persistence": {"enabled": True, "size": "5Gi"}},
+        "redis": {"state": {"persistence": {"size": "5Gi", "storageClass": "premium-rwo"}},
+                  "auth": {"existingSecret": "redis-auth", "existingSecretKey": "pw"}},
         "image": {"registry": "europe-docker.pkg.dev/acme/ml", "pullSecrets": ["regcred"]},
         "inference": {"image": {"digest": "sha256:" + "a" * 64}},
         "ingress": {"tls": {"enabled": True, "secretName": "maskfleet-tls"}},

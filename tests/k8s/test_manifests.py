@@ -1,4 +1,5 @@
-"""k8s/ is the chart rendered with default values (release and namespace maskfleet), ready
+"""k8s/ is the chart rendered with default values (release and namespace maskfleet; the Redis
+password Secret is created by the user, see scripts/render_manifests.py), ready
 for `kubectl apply -f k8s/`; it fails here as soon as someone changes the chart without
 running `make manifests`, or edits k8s/ by hand."""
 
@@ -47,7 +48,9 @@ def test_k8s_dir_holds_what_kubectl_apply_needs(defaults: list[Manifest]) -> Non
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     # k8s/ expects the API keys Secret to exist (render_manifests.MANIFEST_VALUES); Helm
     # generates it (and the plaintext key's Secret) by default
-    generated = {("Secret", "maskfleet-api-keys"), ("Secret", "maskfleet-api-key-admin")}
+    generated = {("Secret", "maskfleet-api-keys"), ("Secret", "maskfleet-api-key-admin"),
+                 ("Secret", "maskfleet-redis-auth")}
+    assert generated <= set(map(key, defaults))
     assert sorted(map(key, applied[1:])) == sorted(k for k in map(key, defaults)
                                                    if k not in generated)
     assert not [o for o in applied if o["kind"] == "Secret"]

@@ -38,7 +38,7 @@ def test_every_pod_is_non_root_read_only_and_drops_all(rendered: list[Manifest])
 
 def test_maskfleet_pods_run_as_the_image_user(defaults: list[Manifest]) -> None:
     for owner, pod in workloads(defaults):
-        if owner["metadata"]["name"] != "maskfleet-redis":
+        if not owner["metadata"]["name"].startswith("maskfleet-redis"):
             assert pod["spec"]["securityContext"]["runAsUser"] == 10001
 
 
@@ -73,8 +73,12 @@ def test_worker_and_redis_are_probed(defaults: list[Manifest]) -> None:
     assert beat_file.startswith("/tmp/"), "on the writable emptyDir"
     max_age = float(command[command.index("--max-age") + 1])
     assert max_age >= 3 * float(env["MASKFLEET_WORKER_HEARTBEAT_SECONDS"])
-    redis = container(one(defaults, "StatefulSet", "maskfleet-redis"), "redis")
-    assert {"livenessProbe", "readinessProbe"} <= set(redis)
+    for role in ("cache", "state"):
+        redis = container(one(defaults, "StatefulSet", f"maskfleet-redis-{role}"), "redis")
+        assert {"livenessProbe", "readinessProbe"} <= set(redis)
+        # the probe authenticates (and fails while an AOF is still loading)
+        assert "PONG" in " ".join(redis["readinessProbe"]["exec"]["command"])
+        assert "REDISCLI_AUTH" in {e["name"] for e in redis["env"]}
 
 
 # ---------------------------------------------------------------- RBAC

@@ -4,6 +4,8 @@ env/port/command contract of docs/interfaces.md is what the pods get."""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -344,18 +346,85 @@ def test_config_change_rolls_the_pods(render: Any, defaults: list[Manifest]) -> 
 
 # ---------------------------------------------------------------- Redis
 
-def test_in_chart_redis_is_bounded_with_lru(defaults: list[Manifest]) -> None:
-    redis = one(defaults, "StatefulSet", "maskfleet-redis")
-    conf = one(defaults, "ConfigMap", "maskfleet-redis")["data"]["redis.conf"].splitlines()
-    assert "maxmemory 256mb" in conf
-    assert "maxmemory-policy volatile-lru" in conf
-    c = container(redis, "redis")
-    assert c["command"] == ["redis-server", "/etc/redis/redis.conf"]
-    data = one(defaults, "ConfigMap", "maskfleet-config")["data"]
-    assert data["MASKFLEET_STATE_REDIS_URL"] == "redis://maskfleet-redis:6379/0"
+def redis_conf(objects: list[Manifest], role: str) -> list[str]:
+    conf: str = one(objects, "ConfigMap", f"maskfleet-redis-{role}")["data"]["redis.conf"]
+    return conf.splitlines()
+
+
+def test_the_cache_redis_is_volatile_and_evicts_anything(defaults: list[Manifest]) -> None:
+    conf = redis_conf(defaults, "cache")
+    assert {"maxmemory 256mb", "maxmemory-policy allkeys-lru", "appendonly no",
+            'save ""'} <= set(conf)
+    pod = pod_template(one(defaults, "StatefulSet", "maskfleet-redis-cache"))
+    data = next(v for v in pod["spec"]["volumes"] if v["name"] == "data")
+    assert "emptyDir" in data
     api = env_of(container(one(defaults, "Deployment", STABLE), "inference"))
-    assert api["MASKFLEET_CACHE_REDIS_URL"] == "redis://maskfleet-redis:6379/0"
-    assert service_target_statefulset(defaults, "maskfleet-redis") == 6379
+    assert api["MASKFLEET_CACHE_REDIS_URL"] == "redis://maskfleet-redis-cache:6379/0"
+    assert service_target_statefulset(defaults, "maskfleet-redis-cache") == 6379
+
+
+def test_the_state_redis_is_durable_and_never_evicts(defaults: list[Manifest]) -> None:
+    conf = redis_conf(defaults, "state")
+    assert {"maxmemory-policy noeviction", "appendonly yes",
+            "appendfsync everysec"} <= set(conf)
+    state = one(defaults, "StatefulSet", "maskfleet-redis-state")
+    [claim] = state["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    mounts = {m["name"]: m["mountPath"] for m in container(state, "redis")["volumeMounts"]}
+    assert mounts["data"] == "/data"
+    assert "data" not in {v["name"] for v in pod_template(state)["spec"]["volumes"]}
+    data = one(defaults, "ConfigMap", "maskfleet-config")["data"]
+    assert data["MASKFLEET_STATE_REDIS_URL"] == "redis://maskfleet-redis-state:6379/0"
+    assert service_target_statefulset(defaults, "maskfleet-redis-state") == 6379
+
+
+def test_the_state_redis_may_run_without_a_claim(render: Any) -> None:
+    objects = render({"redis": {"state": {"persistence": {"enabled": False}}}})
+    state = one(objects, "StatefulSet", "maskfleet-redis-state")
+    assert "volumeClaimTemplates" not in state["spec"]
+    data = next(v for v in pod_template(state)["spec"]["volumes"] if v["name"] == "data")
+    assert "emptyDir" in data
+
+
+def test_redis_requires_a_password_from_a_secret(defaults: list[Manifest]) -> None:
+    secret = one(defaults, "Secret", "maskfleet-redis-auth")
+    password = base64.b64decode(secret["data"]["redis-password"])
+    assert len(password) >= 32
+    ref = {"secretKeyRef": {"name": "maskfleet-redis-auth", "key": "redis-password"}}
+    for role in ("cache", "state"):
+        assert "include /tmp/auth.conf" in redis_conf(defaults, role)
+        c = container(one(defaults, "StatefulSet", f"maskfleet-redis-{role}"), "redis")
+        assert "requirepass" in c["command"][-1]
+        assert env_of(c)["REDIS_PASSWORD"] == ref
+        assert password.decode() not in json.dumps(c)
+    api = env_of(container(one(defaults, "Deployment", STABLE), "inference"))
+    worker = env_of(container(one(defaults, "Deployment", "maskfleet-worker"), "worker"))
+    assert api["MASKFLEET_STATE_REDIS_PASSWORD"] == api["MASKFLEET_CACHE_REDIS_PASSWORD"] == ref
+    assert worker["MASKFLEET_STATE_REDIS_PASSWORD"] == ref
+    for config in by_kind(defaults, "ConfigMap"):
+        assert password.decode() not in json.dumps(config)
+
+
+def test_an_existing_password_secret_replaces_the_generated_one(render: Any) -> None:
+    objects = render(VALUE_SETS["locked-down"])
+    assert not [s for s in by_kind(objects, "Secret") if "redis" in s["metadata"]["name"]]
+    ref = {"secretKeyRef": {"name": "redis-auth", "key": "pw"}}
+    c = container(one(objects, "StatefulSet", "maskfleet-redis-state"), "redis")
+    assert env_of(c)["REDIS_PASSWORD"] == ref
+    worker = env_of(container(one(objects, "Deployment", "maskfleet-worker"), "worker"))
+    assert worker["MASKFLEET_STATE_REDIS_PASSWORD"] == ref
+
+
+def test_an_app_upgrade_does_not_restart_redis(render: Any, defaults: list[Manifest]) -> None:
+    upgraded = render({"image": {"tag": "9.9.9"}, "model": {"repository": "gs://new/models"},
+                       "commonLabels": {}})
+    for role in ("cache", "state"):
+        name = f"maskfleet-redis-{role}"
+        before = pod_template(one(defaults, "StatefulSet", name))
+        assert pod_template(one(upgraded, "StatefulSet", name)) == before
+        labels = set(before["metadata"]["labels"])
+        assert not {"helm.sh/chart", "app.kubernetes.io/version"} & labels
 
 
 def service_target_statefulset(objects: list[Manifest], service_name: str) -> int:
@@ -368,13 +437,24 @@ def service_target_statefulset(objects: list[Manifest], service_name: str) -> in
     return int(cport["containerPort"])
 
 
-def test_external_redis_replaces_the_statefulset(render: Any) -> None:
+def test_the_two_redis_services_select_only_their_own_server(defaults: list[Manifest]) -> None:
+    cache = one(defaults, "Service", "maskfleet-redis-cache")
+    state_pod = pod_template(one(defaults, "StatefulSet", "maskfleet-redis-state"))
+    assert not selects({"matchLabels": cache["spec"]["selector"]},
+                       state_pod["metadata"]["labels"])
+
+
+def test_external_redis_replaces_the_statefulsets(render: Any) -> None:
     objects = render(VALUE_SETS["external-redis"])
     assert not by_kind(objects, "StatefulSet")
     assert not [o for o in objects if "redis" in o["metadata"]["name"]
-                and o["kind"] in ("Service", "ConfigMap", "ServiceAccount")]
+                and o["kind"] in ("Service", "ConfigMap", "ServiceAccount", "Secret")]
     url = one(objects, "ConfigMap", "maskfleet-config")["data"]["MASKFLEET_STATE_REDIS_URL"]
-    assert url == "redis://cache.example.internal:6379/2"
+    assert url == "redis://state.example.internal:6379/2"
+    api = env_of(container(one(objects, "Deployment", STABLE), "inference"))
+    assert api["MASKFLEET_CACHE_REDIS_URL"] == "rediss://cache.example.internal:6380/0"
+    ref = {"secretKeyRef": {"name": "external-redis", "key": "password"}}
+    assert api["MASKFLEET_STATE_REDIS_PASSWORD"] == api["MASKFLEET_CACHE_REDIS_PASSWORD"] == ref
 
 
 def test_external_redis_url_can_come_from_a_secret(render: Any) -> None:
@@ -404,7 +484,7 @@ def test_a_key_secret_is_mounted_for_google_credentials(render: Any) -> None:
     objects = render(VALUE_SETS["gcs-key-secret"])
     path = one(objects, "ConfigMap", "maskfleet-config")["data"]["GOOGLE_APPLICATION_CREDENTIALS"]
     for owner, pod in workloads(objects):
-        if owner["metadata"]["name"] == "maskfleet-redis":
+        if owner["metadata"]["name"].startswith("maskfleet-redis"):
             continue
         c = pod["spec"]["containers"][0]
         mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))

@@ -126,14 +126,18 @@ def test_keda_scales_the_worker_on_its_celery_queue(render: Any, crd_validator: 
     assert redis["type"] == "redis"
     assert redis["metadata"]["listName"] == queue
     assert redis["metadata"]["listLength"] == "8"
-    service = one(objects, "Service", "maskfleet-redis")
+    service = one(objects, "Service", "maskfleet-redis-state")  # the queue lives there
     port = service["spec"]["ports"][0]["port"]
-    assert redis["metadata"]["address"] == f"maskfleet-redis.maskfleet.svc:{port}"
+    assert redis["metadata"]["address"] == f"maskfleet-redis-state.maskfleet.svc:{port}"
     assert redis["authenticationRef"] == {"name": "maskfleet-worker-redis",
                                           "kind": "TriggerAuthentication"}
     assert "password" not in redis["metadata"]
     (secret,) = auth["spec"]["secretTargetRef"]
     assert secret["parameter"] == "password"
+    # the password the state Redis itself requires
+    state = container(one(objects, "StatefulSet", "maskfleet-redis-state"), "redis")
+    required = next(e for e in state["env"] if e["name"] == "REDIS_PASSWORD")
+    assert {k: secret[k] for k in ("name", "key")} == required["valueFrom"]["secretKeyRef"]
     assert (cpu["type"], cpu["metricType"], cpu["metadata"]) == (
         "cpu", "Utilization", {"value": "75"})
 
@@ -209,7 +213,7 @@ def test_fail_job_exit_codes_are_values(render: Any) -> None:
 def test_keda_operator_may_read_the_queue_through_the_network_policies(render: Any) -> None:
     objects = keda_objects(render, "keda")
     redis = next(pod["metadata"]["labels"] for o, pod in workloads(objects)
-                 if o["metadata"]["name"] == "maskfleet-redis")
+                 if o["metadata"]["name"] == "maskfleet-redis-state")
     allowed = [p for p in by_kind(objects, "NetworkPolicy")
                if selects(p["spec"]["podSelector"], redis)
                for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])

@@ -42,14 +42,16 @@ def test_a_role_other_than_stable_or_canary_is_refused():
 ])
 def test_production_refuses_unsafe_values(field, value, fragment):
     base = {"environment": "production", "model_repository": "gs://models/prod",
-            "api_keys_file": "/etc/maskfleet/keys/keys.json"}
+            "api_keys_file": "/etc/maskfleet/keys/keys.json",
+            "state_redis_password": "s", "cache_redis_password": "c"}
     InferenceSettings(**base)
     InferenceSettings(**{field: value})  # fine on a laptop
     with pytest.raises(ValidationError, match=fragment):
         InferenceSettings(**base, **{field: value})
 
 
-PRODUCTION = {"environment": "production", "model_repository": "gs://models/prod"}
+PRODUCTION = {"environment": "production", "model_repository": "gs://models/prod",
+              "state_redis_password": "s", "cache_redis_password": "c"}
 
 
 def test_production_refuses_to_run_without_keys_or_a_trusted_gateway():

@@ -75,3 +75,15 @@ def test_the_two_roles_have_their_own_settings(monkeypatch: pytest.MonkeyPatch) 
 def test_a_url_of_another_scheme_is_refused_at_startup() -> None:
     with pytest.raises(ValidationError, match="state Redis URL"):
         WorkerSettings(state_redis_url="http://state:6379/0")
+
+
+def test_production_refuses_redis_without_a_password() -> None:
+    with pytest.raises(ValidationError, match=r"state Redis .* has no password"):
+        WorkerSettings(environment="production", model_repository="gs://m/models")
+    with pytest.raises(ValidationError, match="cache Redis has no password"):
+        InferenceSettings(environment="production", model_repository="gs://m/models",
+                          state_redis_password="s", api_keys_file="/keys.json")
+    ok = InferenceSettings(environment="production", model_repository="gs://m/models",
+                           state_redis_url="redis://:s@state:6379/0", cache_redis_password="c",
+                           api_keys_file="/keys.json")
+    assert ok.state_redis().password is not None

@@ -29,6 +29,7 @@ def test_defaults_match_the_interface() -> None:
 def test_production_refuses_a_visibility_timeout_that_reruns_running_chunks() -> None:
     with pytest.raises(ValidationError, match="visibility_timeout_seconds"):
         WorkerSettings(environment="production", model_repository="gs://m/models",
+                       state_redis_password="p",
                        visibility_timeout_seconds=5)
 
 

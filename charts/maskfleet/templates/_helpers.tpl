@@ -165,18 +165,44 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* In-cluster Redis URL, or the external one when Redis is not deployed by the chart. */}}
+{{/* Name of one in-chart Redis (call with dict "ctx" $ "role" "cache"|"state"). */}}
+{{- define "maskfleet.redis.roleName" -}}
+{{- printf "%s-%s" (include "maskfleet.redis.fullname" .ctx) .role -}}
+{{- end -}}
+
+{{/*
+Pod labels of one in-chart Redis: selector labels only, nothing that changes with the chart
+or app version, so an upgrade that does not change Redis does not restart it.
+*/}}
+{{- define "maskfleet.redis.podLabels" -}}
+{{ include "maskfleet.componentSelectorLabels" (dict "ctx" .ctx "component" "redis" "variant" .role) }}
+app.kubernetes.io/part-of: maskfleet
+{{- end -}}
+
+{{/* Secret holding the password of the in-chart Redis. */}}
+{{- define "maskfleet.redis.authSecret" -}}
+{{- default (printf "%s-auth" (include "maskfleet.redis.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/*
+URL of one Redis role (dict "ctx" $ "role" "cache"|"state"): the in-chart StatefulSet's, or
+the external one. Empty when the external URL comes from a Secret.
+*/}}
 {{- define "maskfleet.redis.url" -}}
-{{- if .Values.redis.enabled -}}
-{{- printf "redis://%s:%d/%d" (include "maskfleet.redis.fullname" .) (int .Values.redis.port) (int .Values.redis.database) -}}
-{{- else if .Values.redis.external.url -}}
-{{- .Values.redis.external.url -}}
-{{- else if not .Values.redis.external.existingSecret -}}
+{{- $v := .ctx.Values.redis -}}
+{{- if $v.enabled -}}
+{{- printf "redis://%s:%d/%d" (include "maskfleet.redis.roleName" .) (int $v.port) (int $v.database) -}}
+{{- else if $v.external.existingSecret -}}
+{{- else if and (eq .role "cache") $v.external.cacheUrl -}}
+{{- $v.external.cacheUrl -}}
+{{- else if $v.external.url -}}
+{{- $v.external.url -}}
+{{- else -}}
 {{- fail "redis.enabled is false: set redis.external.url or redis.external.existingSecret" -}}
 {{- end -}}
 {{- end -}}
 
-{{/* True when the Redis URL comes from a Secret (it may carry a password). */}}
+{{/* True when the Redis URLs come from a Secret (they may carry a password). */}}
 {{- define "maskfleet.redis.urlFromSecret" -}}
 {{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret -}}true{{- end -}}
 {{- end -}}
@@ -196,21 +222,37 @@ envFrom:
 
 {{/*
 Redis env of one component (call with dict "ctx" $ "cache" bool): the state URL when it is
-secret (else it is in the ConfigMap), and for the API the cache URL (only the API has a cache).
+secret (else it is in the ConfigMap), the cache URL for the API (only the API has a cache),
+and the password of each role from its Secret, never from a ConfigMap.
 */}}
 {{- define "maskfleet.redisEnv" -}}
 {{- $ctx := .ctx -}}
-{{- $roles := ternary (list "STATE" "CACHE") (list "STATE") .cache -}}
+{{- $v := $ctx.Values.redis -}}
+{{- $roles := ternary (list "state" "cache") (list "state") .cache -}}
 {{- range $role := $roles }}
+{{- $upper := upper $role }}
 {{- if include "maskfleet.redis.urlFromSecret" $ctx }}
-- name: MASKFLEET_{{ $role }}_REDIS_URL
+- name: MASKFLEET_{{ $upper }}_REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ $ctx.Values.redis.external.existingSecret }}
-      key: {{ $ctx.Values.redis.external.existingSecretKey }}
-{{- else if eq $role "CACHE" }}
+      name: {{ $v.external.existingSecret }}
+      key: {{ ternary (default $v.external.existingSecretKey $v.external.existingSecretCacheKey) $v.external.existingSecretKey (eq $role "cache") }}
+{{- else if eq $role "cache" }}
 - name: MASKFLEET_CACHE_REDIS_URL
-  value: {{ include "maskfleet.redis.url" $ctx | quote }}
+  value: {{ include "maskfleet.redis.url" (dict "ctx" $ctx "role" "cache") | quote }}
+{{- end }}
+{{- if $v.enabled }}
+- name: MASKFLEET_{{ $upper }}_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "maskfleet.redis.authSecret" $ctx }}
+      key: {{ $v.auth.existingSecretKey }}
+{{- else if $v.external.passwordSecret }}
+- name: MASKFLEET_{{ $upper }}_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.external.passwordSecret }}
+      key: {{ $v.external.passwordKey }}
 {{- end }}
 {{- end }}
 {{- end -}}
