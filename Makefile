@@ -26,14 +26,17 @@ $(INSTALLED): pyproject.toml $(LOCK) scripts/install-system.sh
 	$(BIN)/pip check
 	touch $@
 
-# Two pytest processes: the variant-building integration tests (TensorFlow, NNCF and OpenVINO
-# in one process) leave it in a state where loading the Helm Go library for a later chart
-# render crashes the interpreter (SIGSEGV), so they run on their own, first.
-ISOLATED_TESTS := tests/integration/test_model_variants.py
+# Two pytest processes. The Helm Go library (helm-python-sdk renders the chart in-process)
+# crashes the interpreter with SIGSEGV once the same process has run TensorFlow, OpenVINO/NNCF
+# and gRPC clients (seen at the first chart render after the integration tests), so every test
+# that renders the chart runs in a process of its own, and the rest in another.
+HELM_TESTS := tests/k8s tests/observability tests/unit/test_rollout_chart.py \
+	tests/unit/test_rollout_traffic.py tests/integration/test_inference_drain.py \
+	tests/integration/test_rollout_prometheus.py tests/integration/test_worker_liveness.py
 
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider $(ISOLATED_TESTS)
-	$(BIN)/pytest -q -p no:cacheprovider --ignore=$(ISOLATED_TESTS)
+	$(BIN)/pytest -q -p no:cacheprovider $(HELM_TESTS)
+	$(BIN)/pytest -q -p no:cacheprovider $(addprefix --ignore=,$(HELM_TESTS))
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit
