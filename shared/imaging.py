@@ -33,6 +33,11 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 
+# Our own pixel limit applies (`probe`, before anything is decoded); Pillow's warning threshold
+# is only noise here. Set once for the process: a `catch_warnings` block per image copied the
+# warning filters twice per request on the API's event loop.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 CLASS_NAMES: tuple[str, ...] = ("pet", "background", "border")
 TRIMAP_VALUES = frozenset({1, 2, 3})
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG"})
@@ -122,10 +127,7 @@ def _open(data: bytes) -> Image.Image:
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            # our own limit applies (in probe); Pillow's warning threshold is only noise here
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise TooManyPixels("the image declares far more pixels than allowed") from None
     except UnidentifiedImageError:
@@ -320,9 +322,7 @@ def decode_mask(data: bytes, expected_size: tuple[int, int] | None = None, *,
     if not data:
         raise EmptyBody("the mask is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise TooManyPixels("the mask declares far more pixels than allowed") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):

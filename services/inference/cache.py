@@ -113,8 +113,10 @@ class ResultCache:
 
     async def put(self, key: str, mask: CachedMask) -> None:
         client = self._usable()
+        if client is None:  # disabled or backing off: not even the value is built
+            return
         value = mask.to_bytes()
-        if client is None or len(value) > self._max_value_bytes:
+        if len(value) > self._max_value_bytes:
             return
         try:
             await client.set(key, value, ex=self._ttl)

@@ -228,6 +228,14 @@ class InferenceSettings(JobSettings):
     feedback_ttl_seconds: int = Field(default=86400, ge=1, le=30 * 24 * 3600)
     """How long a kept answer can receive its correction."""
 
+    feedback_max_kept_per_second: float = Field(default=20.0, ge=0.0)
+    """Most answers per second this process keeps in Redis (0: no cap), beyond the sample
+    rate. Every kept answer sends its whole image to Redis, and `feedback_max_entries` keeps
+    only the newest anyway: at 300 answers/s keeping all of them writes 12 MB/s and gives each
+    entry 3 s before it is dropped. Capped, light traffic (a person in the web page, a test)
+    still gets a token on every answer, and under load the entries kept live
+    max_entries / (pods x cap) seconds instead, at a fraction of the event loop's CPU."""
+
     feedback_max_entries: int = Field(default=1000, ge=1)
     """Most answers kept at once, the oldest dropped first: with max_entry_bytes it bounds the
     Redis memory feedback uses. At R answers/s it also caps the time to correct at

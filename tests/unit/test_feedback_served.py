@@ -56,6 +56,9 @@ class RecordingRedis:
         self.data[key] = record
         return 0
 
+    def pipeline(self, transaction: bool = True) -> RecordingPipeline:
+        return RecordingPipeline(self)
+
     async def get(self, key: str) -> bytes | None:
         if self.error:
             raise self.error
@@ -67,15 +70,34 @@ class RecordingRedis:
         return int(key in self.data)
 
 
+class RecordingPipeline:
+    """Queues evals as redis-py's pipeline does and runs them through the client on execute."""
+
+    def __init__(self, client: RecordingRedis) -> None:
+        self.client = client
+        self.calls: list[tuple[str, int, tuple[object, ...]]] = []
+
+    def eval(self, script: str, numkeys: int, *args: object) -> RecordingPipeline:
+        self.calls.append((script, numkeys, args))
+        return self
+
+    async def execute(self, raise_on_error: bool = True) -> list[object]:
+        return [await self.client.eval(script, numkeys, *args)
+                for script, numkeys, args in self.calls]
+
+
 def values(*draws: float) -> Iterator[float]:
     return iter(draws)
 
 
 def make_log(client: RecordingRedis, *, rate: float = 1.0, max_entry_bytes: int = 10_000,
-             draws: Iterator[float] | None = None) -> RedisServedLog:
+             draws: Iterator[float] | None = None, max_per_second: float = 0.0,
+             clock: list[float] | None = None) -> RedisServedLog:
     sample = (lambda: next(draws)) if draws is not None else (lambda: 0.0)
+    now = clock if clock is not None else [0.0]
     return RedisServedLog(client, sample_rate=rate, ttl_seconds=600, max_entries=50,  # type: ignore[arg-type]
-                          max_entry_bytes=max_entry_bytes, retry_seconds=3600, sample=sample)
+                          max_entry_bytes=max_entry_bytes, retry_seconds=3600, sample=sample,
+                          max_per_second=max_per_second, clock=lambda: now[0])
 
 
 async def settle(log: RedisServedLog) -> None:
@@ -99,6 +121,19 @@ async def test_the_sample_rate_decides_which_answers_are_kept():
         log.remember(served(f"r{n}"))
     await settle(log)
     assert [args[0] for args in client.kept] == [entry_key("r0"), entry_key("r2")]
+
+
+async def test_the_rate_cap_keeps_a_burst_then_its_rate_and_no_more():
+    client, clock = RecordingRedis(), [100.0]
+    log = make_log(client, max_per_second=4.0, clock=clock)
+    burst = [log.remember(served(f"b{n}")) for n in range(6)]
+    assert burst == [True] * 4 + [False] * 2  # a second's worth, then nothing
+    clock[0] += 0.5  # half a second refills two
+    assert [log.remember(served(f"l{n}")) for n in range(3)] == [True, True, False]
+    clock[0] += 60  # an idle minute refills one second's worth, not sixty
+    assert sum(log.remember(served(f"i{n}")) for n in range(10)) == 4
+    await settle(log)
+    assert len(client.kept) == 10
 
 
 async def test_a_zero_rate_keeps_nothing():

@@ -9,12 +9,17 @@ by every API pod, so feedback may reach another pod than the one that answered, 
 three ways:
 each entry expires (`feedback_ttl_seconds`), entries larger than `feedback_max_entry_bytes` are
 not kept, and at most `feedback_max_entries` are kept (the oldest are dropped first), so Redis
-never holds more than max entries x max entry bytes for feedback.
+never holds more than max entries x max entry bytes for feedback. A process keeps at most
+`feedback_max_kept_per_second` answers per second (a token bucket): under load the rest get no
+token, which is what the bound would have done to them seconds later anyway.
 
-Keeping runs in a background task: the answer is not delayed by a Redis write of a whole image,
-and Redis trouble is logged, never seen by /v1/segment. After an error Redis is left alone for
-`cache_retry_seconds`, as the result cache does. A feedback request for an answer whose write is
-still in flight in this process waits for it, so a fast client cannot overtake its own entry.
+Keeping runs in the background: the answer is not delayed by a Redis write of a whole image,
+and Redis trouble is logged, never seen by /v1/segment. One writer task sends the answers
+kept since its last round trip as one pipeline, so under load a write costs the event loop a
+share of a round trip rather than a task and a round trip per answer. After an error Redis is
+left alone for `cache_retry_seconds`, as the result cache does. A feedback request for an
+answer whose write is still queued or in flight in this process waits for it, so a fast client
+cannot overtake its own entry.
 
 One correction per served answer: the claim is made on (model, version, image digest), not on
 the token, so sending the same image again (a new token each time) cannot add a second score
@@ -28,6 +33,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,7 +63,7 @@ CONNECT_TIMEOUT_SECONDS = 1.0
 """The state Redis is durable, not a cache: a busy node may take longer than the cache's 50 ms
 to accept a connection, and a refused connection fails at once anyway."""
 MAX_PENDING_WRITES = 32
-"""Background writes in flight at once; more are dropped so a stalled Redis cannot pile up
+"""Answers queued or in flight at once; more are not kept, so a stalled Redis cannot pile up
 images in the API's memory."""
 CLOSE_TIMEOUT_SECONDS = 5.0
 
@@ -196,6 +202,8 @@ class RedisServedLog:
         retry_seconds: float,
         owns_client: bool = False,
         sample: Callable[[], float] = random.random,
+        max_per_second: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._sample_rate = sample_rate
@@ -204,8 +212,18 @@ class RedisServedLog:
         self._max_entry_bytes = max_entry_bytes
         self._owns_client = owns_client
         self._sample = sample
+        self._max_per_second = max_per_second
+        self._clock = clock
+        self._allowance = max(max_per_second, 1.0)
+        """Token bucket of answers that may still be kept (one second's worth at most)."""
+        self._refilled = clock()
         self._backoff = RedisBackoff(retry_seconds, "feedback store", log)
-        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        """Token -> the round trip that carries it (queued or in flight)."""
+        self._queue: list[ServedMask] = []
+        self._next: asyncio.Future[None] | None = None
+        """Settled once the queued answers' round trip ends."""
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: InferenceSettings,
@@ -222,7 +240,8 @@ class RedisServedLog:
                    ttl_seconds=settings.feedback_ttl_seconds,
                    max_entries=settings.feedback_max_entries,
                    max_entry_bytes=settings.feedback_max_entry_bytes,
-                   retry_seconds=settings.cache_retry_seconds, owns_client=owns)
+                   retry_seconds=settings.cache_retry_seconds, owns_client=owns,
+                   max_per_second=settings.feedback_max_kept_per_second)
 
     @property
     def client(self) -> redis.Redis:  # type: ignore[type-arg]
@@ -230,7 +249,8 @@ class RedisServedLog:
         return self._client
 
     def wanted(self, served: ServedMask) -> bool:
-        """Sampled in, small enough, and Redis not being left alone after an error."""
+        """Sampled in, small enough, Redis not being left alone after an error, and within
+        the rate cap."""
         if self._sample_rate <= 0.0 or self._sample() >= self._sample_rate:
             return False
         size = len(served.image) + len(served.mask_png)
@@ -238,36 +258,66 @@ class RedisServedLog:
             log.debug("answer too large to keep for feedback",
                       extra={"request_id": served.request_id, "bytes": size})
             return False
-        return self._backoff.open
+        return self._backoff.open and (self._max_per_second <= 0.0 or self._take())
+
+    def _take(self) -> bool:
+        """One answer's worth from the rate bucket, if any is left."""
+        now = self._clock()
+        self._allowance = min(max(self._max_per_second, 1.0), self._allowance
+                              + (now - self._refilled) * self._max_per_second)
+        self._refilled = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
 
     def remember(self, served: ServedMask) -> bool:
-        """Start keeping `served` if it is wanted; returns without waiting for Redis."""
+        """Queue `served` for keeping if it is wanted; returns without waiting for Redis."""
         if not self.wanted(served):
             return False
         if len(self._pending) >= MAX_PENDING_WRITES:  # Redis is too slow: leave it alone too
             self._failed("keep", TimeoutError(f"{MAX_PENDING_WRITES} writes still in flight"))
             return False
-        token = served.token
-        task = asyncio.create_task(self._keep(served), name=f"keep-served-{served.request_id}")
-        self._pending[token] = task
-        task.add_done_callback(lambda done: self._forget(token, done))
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._queue.append(served)
+        self._pending[served.token] = self._next
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="keep-served")
         return True
 
-    def _forget(self, token: str, task: asyncio.Task[None]) -> None:
-        if self._pending.get(token) is task:
-            del self._pending[token]
-
-    async def _keep(self, served: ServedMask) -> None:
+    async def _write(self) -> None:
+        """Send what was queued, one pipeline per round trip, until nothing is left."""
         try:
-            dropped = await self._client.eval(  # type: ignore[no-untyped-call]
-                _KEEP, 2, entry_key(served.token), INDEX_KEY, served.to_bytes(),
-                self._ttl, self._max_entries)
+            while self._queue and self._next is not None:
+                batch, self._queue = self._queue, []
+                done, self._next = self._next, None
+                try:
+                    await self._keep(batch)
+                finally:
+                    done.set_result(None)
+                    for served in batch:
+                        if self._pending.get(served.token) is done:
+                            del self._pending[served.token]
+        finally:
+            self._writer = None
+
+    async def _keep(self, batch: list[ServedMask]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for served in batch:
+            pipe.eval(_KEEP, 2, entry_key(served.token), INDEX_KEY,  # type: ignore[no-untyped-call]
+                      served.to_bytes(), self._ttl, self._max_entries)
+        try:
+            outcomes = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # a background write has no caller to report to
             self._failed("keep", exc)
-        else:
-            if dropped:
-                log.debug("dropped the oldest answers kept for feedback",
-                          extra={"dropped": dropped})
+            return
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            self._failed("keep", failed[0])
+        dropped = sum(int(o) for o in outcomes if isinstance(o, int))
+        if dropped:
+            log.debug("dropped the oldest answers kept for feedback", extra={"dropped": dropped})
 
     def _failed(self, action: str, exc: BaseException) -> None:
         self._backoff.trip(action, exc)
@@ -319,7 +369,7 @@ class RedisServedLog:
 
     async def close(self) -> None:
         """Let in-flight writes finish (briefly), then close our own connections."""
-        if self._pending:
-            await asyncio.wait(list(self._pending.values()), timeout=CLOSE_TIMEOUT_SECONDS)
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=CLOSE_TIMEOUT_SECONDS)
         if self._owns_client:
             await self._client.aclose()  # type: ignore[attr-defined]
