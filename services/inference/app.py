@@ -127,6 +127,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # Prometheus metrics and JSON logs are this API's telemetry; FastAPI's OpenTelemetry
+        # hooks otherwise ask the global OTel providers on every request whether to record
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.auth = auth
     app.state.rate_limiter = limiter
