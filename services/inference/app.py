@@ -28,6 +28,7 @@ from .batcher import Batcher
 from .cache import ResultCache
 from .codec import CodecPool
 from .dataplane import DataPlane
+from .deps import SegmentParts
 from .drain import DrainMarker
 from .errors import install_error_handlers
 from .feedback import Feedback, KeptAnswers, RedisServedLog, ServedAnswers
@@ -145,6 +146,8 @@ def create_app(
     app.state.compare_segmenters = {stage: parts.segmenter for stage, parts in compare.items()}
     app.state.served_log = served_log
     app.state.kept = kept
+    app.state.segment_parts = SegmentParts(settings, segmenter, app.state.compare_segmenters,
+                                           served_log, kept)
     app.state.feedback = corrections
     app.state.jobs = job_service
     install_error_handlers(app)

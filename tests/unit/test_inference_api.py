@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.inference.app import create_app
-from services.inference.deps import get_segmenter, get_served_log
+from services.inference.deps import get_segment_parts
 from services.inference.feedback import ServedMask
 from services.inference.settings import InferenceSettings
 from tests.servers import wait_until
@@ -226,7 +227,8 @@ def test_every_answer_is_offered_to_the_feedback_log_with_a_server_drawn_token(c
             seen.append(served)
             return kept
 
-    client.app.dependency_overrides[get_served_log] = Recorder
+    parts = replace(client.app.state.segment_parts, served_log=Recorder())
+    client.app.dependency_overrides[get_segment_parts] = lambda: parts
     try:
         image = half_white(40, 30)
         answer = segment(client, image, headers={"X-Request-Id": "chosen-by-the-client"})
@@ -328,7 +330,7 @@ def test_an_unexpected_failure_is_a_500_problem_that_still_carries_the_request_i
     async def broken() -> object:
         raise RuntimeError("a bug " + "x" * 5000)
 
-    client.app.dependency_overrides[get_segmenter] = broken
+    client.app.dependency_overrides[get_segment_parts] = broken
     try:
         answer = segment(client, half_white(), headers={"X-Request-Id": "trace-500"})
     finally:

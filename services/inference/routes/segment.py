@@ -12,14 +12,7 @@ from shared.errors import StageNotServed
 from ..admission import TIMEOUT_HEADER, Deadline, header_timeout
 from ..auth import InferCaller
 from ..body import IMAGE_FIELD, read_image
-from ..deps import (
-    CompareSegmentersDep,
-    KeptDep,
-    RequestIdDep,
-    SegmenterDep,
-    ServedLogDep,
-    SettingsDep,
-)
+from ..deps import SegmentPartsDep
 from ..errors import PROBLEM_JSON
 from ..feedback import ServedMask
 from ..feedback.served import new_token
@@ -65,12 +58,7 @@ _PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
 )
 async def segment(
     request: Request,
-    segmenter: SegmenterDep,
-    settings: SettingsDep,
-    served_log: ServedLogDep,
-    kept: KeptDep,
-    request_id: RequestIdDep,
-    compare: CompareSegmentersDep,
+    parts: SegmentPartsDep,
     caller: InferCaller,
     format: Annotated[Literal["png", "json"] | None, Query(
         description="`json` for metadata and a base64 mask; default PNG unless the Accept "
@@ -85,6 +73,8 @@ async def segment(
         description="Keep this answer durably (storage, `MASKFLEET_FEEDBACK_KEEP_TTL_SECONDS`, "
                     "7 days by default) so that its correction may come hours later")] = False,
 ) -> Response:
+    settings, segmenter, compare = parts.settings, parts.segmenter, parts.compare
+    request_id: str = request.state.request_id
     if stage is not None and stage != _own_stage(settings):
         if stage not in compare:
             raise StageNotServed(f"this API serves {_own_stage(settings)!r}"
@@ -98,8 +88,8 @@ async def segment(
     drawn = new_token()
     served = ServedMask(drawn, caller.id, request_id, answer.model, answer.version, image,
                         answer.image_sha256, answer.mask.png, answer.cached, answer.variant)
-    logged = served_log.remember(served)
-    durable = kept.keep(served, asked=keep)
+    logged = parts.served_log.remember(served)
+    durable = parts.kept.keep(served, asked=keep)
     token = drawn if logged or durable else None
     headers = {"X-Model-Version": f"{answer.version}/{answer.variant}",
                "X-Cache": "hit" if answer.cached else "miss"}
