@@ -10,7 +10,7 @@ LOCKS := $(wildcard requirements/*.txt)
 UV ?= $(BIN)/uv
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-unit test-integration lint audit lock bench run stop manifests protos dashboards clean
+.PHONY: install test test-unit test-integration lint audit lock bench bench-peers run stop manifests protos dashboards clean
 
 install: $(INSTALLED)
 
@@ -63,6 +63,20 @@ lock:
 
 bench: install
 	$(BIN)/python -m loadtest.bench
+
+# maskfleet beside MLServer and PyTriton on the same SavedModel (loadtest/README.md). The peers
+# live in a virtualenv of their own, from their own hash-checked lock: their pins (numpy<2,
+# MLServer's FastAPI) clash with the project's. `make test` never installs them.
+PEERS_VENV := var/peers-venv
+PEERS_LOCK := loadtest/peers/requirements.txt
+
+$(PEERS_VENV)/.installed: $(PEERS_LOCK)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --require-hashes -r $(PEERS_LOCK)
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(BIN)/python -m loadtest.peers --peers-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
 
 run: install
 	scripts/run-local.sh

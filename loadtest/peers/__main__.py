@@ -1,0 +1,3 @@
+from loadtest.peers.driver import main
+
+main()
