@@ -13,11 +13,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,76 +26,30 @@ from services.models.cli import main as models_cli
 from shared.imaging import preprocess
 from shared.model.ir import IR_FILE, OpenVinoModel
 from shared.model.serving import LoadedModel
-from shared.repository import ModelRepository, VersionMetadata
+from shared.repository import VersionMetadata
 from shared.segmentation import load_model
 from tests.integration.test_inference_support import segment, start_api, url
+from tests.integration.variants_support import (
+    BUDGET_AGREEMENT,
+    BUDGET_IOU_LOSS,
+    TINY,
+    Published,
+    published_tiny_model,
+    savedmodel_only,
+)
 from tests.servers import Server, running
 from training.config import VariantsConfig, parse_config
 from training.data import load_dataset
-from training.job import JobResult, run
 from training.optimize import optimize
-from training.settings import TrainingSettings
 from training.synthetic import generate
 from training.variants import build_variants
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "model": {"input_size": 64, "alpha": 0.35, "decoder_filters": [32, 16, 16, 8],
-              "bn_momentum": 0.9},
-    "data": {"batch_size": 8, "cache": "memory", "shuffle_buffer": 64},
-    "train": {"steps": 80, "learning_rate": 0.01, "checkpoint_every": 60, "log_every": 30},
-    "repository": {"model": "unet"},
-    "gate": {"min_mean_iou": 0.0, "max_regression": 1.0},
-    # an 80-step toy with 8-filter layers quantizes worse than a trained production model
-    # (MACHINE.md: -0.12 pt, 99.6%), so the budget here is looser than the default
-    "variants": {"max_mean_iou_loss": 0.05, "min_pixel_agreement": 0.9,
-                 "calibration_images": 32},
-}
-BUDGET_IOU_LOSS, BUDGET_AGREEMENT = 0.05, 0.9
-
-
-@dataclass
-class Published:
-    result: JobResult
-    repository: ModelRepository
-    root: Path
-    data_uri: str
-    home: Path
-    work: Path
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
-    """One training run into a local repository, with a private HOME for the consent file."""
-    base = tmp_path_factory.mktemp("variants")
-    home = base / "home"
-    home.mkdir()
-    previous = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        data_uri = str(base / "data")
-        generate(data_uri, count=48, seed=5)
-        raw = {**TINY, "data": {**TINY["data"], "uri": data_uri},
-               "repository": {**TINY["repository"], "uri": str(base / "models")},
-               "checkpoint": {"root": str(base / "checkpoints")}}
-        settings = TrainingSettings(cache_dir=str(base / "cache"))
-        result = run(parse_config(raw), settings, "variants-run")
-        yield Published(result, ModelRepository(str(base / "models")), base / "models",
-                        data_uri, home, base)
-    finally:
-        if previous is None:
-            os.environ.pop("HOME", None)
-        else:
-            os.environ["HOME"] = previous
-
-
-def savedmodel_only(repo: ModelRepository, tmp: Path) -> Path:
-    """Version 1's SavedModel without its variants, to publish as a version that has none."""
-    local = repo.download("unet", 1, tmp / "cache")
-    target = tmp / "savedmodel"
-    shutil.copytree(local, target, ignore=shutil.ignore_patterns("variants"))
-    return target
+    with published_tiny_model(tmp_path_factory.mktemp("variants")) as result:
+        yield result
 
 
 def fixed_images(tmp: Path) -> list[bytes]:
