@@ -94,7 +94,7 @@ def upright_rgb(data: bytes, model_size: int) -> tuple[Image.Image, tuple[int, i
     JPEGs are decoded with `draft` (DCT scaling) to no less than the model's size; the size a
     mask goes back at is the full image's, read from the header, never the drafted one.
     """
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     kind = "JPEG" if image.format == "MPO" else image.format
     orientation = orientation_of(image)
     width, height = image.size
@@ -306,11 +306,14 @@ def test_the_fixed_set_covers_what_it_claims(images: list[Fixed],
     assert modes & SIXTEEN_BIT_MODES
     for image in images:
         opened = Image.open(io.BytesIO(image.data))
+        assert (opened.format, opened.mode) == (image.format, image.mode), image.name
         assert orientation_of(opened) == image.orientation, image.name
         width, height = opened.size
         upright = (height, width) if image.orientation in (5, 6, 7, 8) else (width, height)
         assert references[image.name].size == upright, image.name
     assert {image.orientation for image in images} >= {1, 3, 6, 8}
+    assert any("transparency" in Image.open(io.BytesIO(image.data)).info
+               for image in images if image.mode == "P")
     mixed = [name for name, ref in references.items() if len(np.unique(ref.mask)) > 1]
     assert len(mixed) >= len(images) * 2 // 3, f"too many single-class masks: {mixed}"
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.repository import ModelRepository
 from training.config import parse_config
@@ -20,7 +21,7 @@ from training.job import JobResult, run
 from training.settings import TrainingSettings
 from training.synthetic import generate
 
-TINY = {
+TINY: dict[str, Any] = {
     "model": {"input_size": 64, "alpha": 0.35, "decoder_filters": [32, 16, 16, 8],
               "bn_momentum": 0.9},
     "data": {"batch_size": 8, "cache": "memory", "shuffle_buffer": 64},
