@@ -15,6 +15,10 @@ transport, before any ASGI code runs, so they also hold when the application is 
 - a body not complete within `body_timeout_seconds` after its head gets 408 and is closed.
 An idle keep-alive connection is closed by uvicorn's own `timeout_keep_alive`. The gateway in
 front adds its own limits (docs/admission.md, "Gateway settings"); these hold without it.
+
+Beyond `limit_concurrency` connections and requests uvicorn answers 503 itself, in plain
+text; here that answer is the API's problem+json 503 with `Retry-After`, like every other
+refusal, so clients and dashboards see one kind of "at capacity".
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import json
 import uuid
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from shared.errors import HeaderTooLarge, MaskfleetError, RequestTimeout
+from shared.errors import HeaderTooLarge, MaskfleetError, Overloaded, RequestTimeout
+
+RETRY_AFTER_SECONDS = 1
 
 
 def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeout: float,
@@ -66,6 +73,11 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
                 f"the request body was not received within {body_timeout:g} s"))
             super().on_headers_complete()
 
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            if app is service_unavailable:  # uvicorn's own plain-text 503
+                app = _over_capacity
+            super()._start_asgi_task(cycle, app)
+
         def on_message_complete(self) -> None:
             self._disarm()
             self._head_done = False
@@ -95,14 +107,32 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
     return GuardedHttpToolsProtocol
 
 
-def _problem_bytes(error: MaskfleetError) -> bytes:
-    request_id = uuid.uuid4().hex
-    body = json.dumps({"type": f"urn:maskfleet:error:{error.code}", "title": error.title,
+def _problem_body(error: MaskfleetError, request_id: str) -> bytes:
+    return json.dumps({"type": f"urn:maskfleet:error:{error.code}", "title": error.title,
                        "status": error.status, "detail": error.detail, "code": error.code,
                        "request_id": request_id}).encode()
+
+
+def _problem_bytes(error: MaskfleetError) -> bytes:
+    request_id = uuid.uuid4().hex
+    body = _problem_body(error, request_id)
     reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
         error.status, b"Error")
     head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\n"
             b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n"
             % (error.status, reason, len(body), request_id.encode()))
     return head + body
+
+
+async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """The answer beyond `limit_concurrency`, before the application sees the request."""
+    error = Overloaded("the server is at its connection and request limit; retry shortly")
+    request_id = uuid.uuid4().hex
+    body = _problem_body(error, request_id)
+    await send({"type": "http.response.start", "status": error.status, "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+        (b"x-request-id", request_id.encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
