@@ -186,9 +186,13 @@ class DataPlane:
 
         Parsing a large request costs as much as decoding an image, so it is not done on the
         event loop; `fn` gets `max_images` and `budget` as keywords (`oip.to_input` needs them).
+        The wait for a codec thread is bounded by the deadline like every later wait: a request
+        queued behind long decodes ends with 504 when its deadline passes, not when a thread
+        frees up, and its parse never runs.
         """
-        return await self._segmenter.codec(fn, *args, deadline=deadline,
-                                           max_images=self.max_images, budget=self.budget)
+        async with self._segmenter.within(deadline):
+            return await self._segmenter.codec(fn, *args, deadline=deadline,
+                                               max_images=self.max_images, budget=self.budget)
 
     async def infer(self, request: InferRequest, render: Callable[[InferResponse], T]) -> T:
         """Masks for the request's images, handed to the transport's `render`.
