@@ -175,6 +175,28 @@ def test_typed_contents_are_read_like_raw_contents(api):
             error.value.trailing_metadata()
 
 
+def test_request_id_and_version_come_back_in_the_trailers(api):
+    images = pixels_of(14)[np.newaxis]
+    request = pb.ModelInferRequest(model_name="unet", raw_input_contents=[images.tobytes()],
+                                   inputs=[pb.ModelInferRequest.InferInputTensor(
+                                       name="images", datatype="UINT8",
+                                       shape=list(images.shape))])
+    with grpc.insecure_channel(target(api)) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer, call = stub.ModelInfer.with_call(request, timeout=30,
+                                                 metadata=(("x-request-id", "trace-9"),))
+        trailers = dict(call.trailing_metadata())
+        assert trailers["x-request-id"] == "trace-9"
+        assert trailers["x-model-version"] == f"1/{answer.parameters['variant'].string_param}"
+        assert answer.id == "trace-9"
+        _, call = stub.ServerLive.with_call(pb.ServerLiveRequest(), timeout=10)
+        assert len(dict(call.trailing_metadata())["x-request-id"]) == 32  # a new id
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="cat"), timeout=10,
+                            metadata=(("x-request-id", "trace-10"),))
+        assert dict(error.value.trailing_metadata())["x-request-id"] == "trace-10"
+
+
 @pytest.mark.parametrize(("tensor", "code", "fragment"), [
     (lambda: triton.InferInput("x", [1, 2], "FP32"), "INVALID_ARGUMENT", "datatype"),
     (lambda: uint8_input(np.zeros((1, 4, 4), np.uint8)), "INVALID_ARGUMENT", "[N, H, W, 3]"),
