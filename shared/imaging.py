@@ -116,7 +116,8 @@ def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             _refuse_png_bomb(data, width, height)
         else:
             length = _jpeg_length(data, width, height)
-        if _orientation(image) in _TRANSPOSED:
+        orientation = _png_orientation(data) if kind == "PNG" else _orientation(image)
+        if orientation in _TRANSPOSED:
             width, height = height, width
         return ImageHeader(kind, width, height, length)
     finally:
@@ -139,6 +140,35 @@ def _open(data: bytes) -> Image.Image:
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a corrupt EXIF block is ignored, as viewers do
+        return 1
+
+
+def _png_orientation(data: bytes) -> int:
+    """The orientation in a PNG's `eXIf` chunk, read from the chunk list without decoding.
+
+    Pillow's `getexif()` on a PNG whose EXIF is not among the chunks before the pixels decodes
+    the whole image to look after them, which made every PNG header probe a full decode (90 ms
+    for 3000x3000) before the real one. The last `eXIf` chunk wins, as in Pillow.
+    """
+    if _PNG_EXIF not in data:
+        return 1
+    found: bytes | None = None
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        kind = data[offset + 4:offset + 8]
+        if kind == _PNG_EXIF:
+            found = data[offset + 8:offset + 8 + length]
+        elif kind == b"IEND":
+            break
+        offset += 12 + length  # length, type, data, CRC
+    if found is None:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(b"Exif\x00\x00" + found)  # the prefix Pillow's PNG reader adds
+        return int(exif.get(_EXIF_ORIENTATION, 1))
     except Exception:  # a corrupt EXIF block is ignored, as viewers do
         return 1
 
@@ -309,6 +339,7 @@ def encode_png(mask: Mask) -> bytes:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_EXIF = b"eXIf"
 _PNG_FILTER_UP = 2
 
 

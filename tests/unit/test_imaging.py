@@ -238,3 +238,35 @@ def test_sixteen_bit_cmyk_palette_and_alpha_convert_predictably() -> None:
                                   [10, 20, 30])
     transparent = encoded(palette, "PNG", transparency=0)
     assert np.asarray(open_image(transparent)[0]).min() == 255
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    chunks, offset = [], 8
+    while offset < len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        chunks.append(data[offset:offset + 12 + length])
+        offset += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("exif_after_pixels", [False, True])
+def test_a_png_probe_finds_its_exif_orientation_without_decoding_the_pixels(
+        exif_after_pixels: bool) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: upright it is 30 wide, 40 high
+    chunks = png_chunks(encoded(gradient(40, 30), "PNG", exif=exif))
+    kinds = [chunk[4:8] for chunk in chunks]
+    assert b"eXIf" in kinds
+    if exif_after_pixels:  # allowed by the PNG spec; Pillow only sees it after decoding
+        moved = chunks.pop(kinds.index(b"eXIf"))
+        chunks.insert(len(chunks) - 1, moved)
+    # pixel data no decoder can read: a probe that decoded would fail
+    broken = [c if c[4:8] != b"IDAT" else
+              struct.pack(">I", 16) + b"IDAT" + b"\x00" * 16 + struct.pack(">I", 0)
+              for c in chunks]
+    data = b"\x89PNG\r\n\x1a\n" + b"".join(broken)
+    header = probe(data)
+    assert (header.format, header.size) == ("PNG", (30, 40))
+    intact = b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+    image, size = open_image(intact)
+    assert size == image.size == (30, 40)  # the decoder agrees with the probe
