@@ -197,9 +197,10 @@ class DataPlane:
     async def infer(self, request: InferRequest, render: Callable[[InferResponse], T]) -> T:
         """Masks for the request's images, handed to the transport's `render`.
 
-        `render` (building the REST body or the gRPC message) runs on the codec pool while the
-        request still holds its pixels in the budget and within its deadline: serialising masks
-        costs as much as decoding images and its memory scales with them.
+        The masks and `render` (building the REST body or the gRPC message) run as one job on
+        the codec pool while the request still holds its pixels in the budget and within its
+        deadline: building and serialising masks costs as much as decoding images and its
+        memory scales with them.
         """
         self.served(request.model, request.version)
         parsed = request.input
@@ -231,6 +232,6 @@ class DataPlane:
 
 def _render(render: Callable[[InferResponse], T], batch: MaskBatch, answer_id: str,
             outputs: dict[str, bool]) -> T:
-    tensors = output_tensors(batch.masks, list(outputs))
+    tensors = output_tensors(batch.masks(), list(outputs))
     return render(InferResponse(batch.model, batch.version, answer_id, tensors, outputs,
                                 batch.variant))

@@ -79,9 +79,10 @@ SLACK = 1.5
 """How long past its deadline a call may take to end: answering, scheduling on a busy 2-core
 machine. The blocker below keeps the codec thread for several times longer than that."""
 BLOCKER_IMAGES = 64
+BLOCKER_SIDE = 3000
 
 
-def large_png(side: int = 3000) -> bytes:
+def large_png(side: int = BLOCKER_SIDE) -> bytes:
     """A PNG that takes ~0.1 s of CPU to decode (a JPEG would decode at 1/8 scale)."""
     y, x = np.mgrid[0:side, 0:side]
     pixels = np.stack([(x * 7 + y) % 256, (y * 3) % 256, (x ^ y) & 255], -1).astype(np.uint8)
@@ -103,6 +104,9 @@ def codec_api(tiny_model_repo: Path, redis_server: Server,
                             max_body_bytes=128 * 1024 * 1024,
                             max_request_pixels=BLOCKER_IMAGES * 9_000_000,
                             max_inflight_pixels=BLOCKER_IMAGES * 9_000_000 + 1_000_000,
+                            # the blocker's 64 images being decoded count against the batch
+                            # queue; room for the calls behind it, which must wait, not be shed
+                            batch_max_queue_images=2 * BLOCKER_IMAGES,
                             cache_enabled="false", stage_poll_seconds=0)
     yield server
     server.stop()
@@ -139,10 +143,12 @@ def test_a_deadline_ends_calls_queued_behind_long_decodes(codec_api: Server) -> 
         first = stub.ModelInfer.future(blocker)  # no client deadline: the server's applies
         ended: list[float] = []
         first.add_done_callback(lambda _: ended.append(time.monotonic()))
-        # counted in flight in the same event-loop step that hands its first job (reading the
-        # 64 headers) to the one codec thread: from then on every later job waits behind it
-        wait_until(lambda: metric(codec_api, "maskfleet_http_requests_in_flight") >= 1, 30,
-                   "the 64-image request to reach the codec thread")
+        # its pixels count as in flight in the same event-loop step that hands its decode job
+        # (64 full PNG decodes, seconds) to the one codec thread, after its headers were read:
+        # from then on every later job waits behind that decode
+        wait_until(lambda: metric(codec_api, "maskfleet_pixels_in_flight")
+                   >= BLOCKER_IMAGES * BLOCKER_SIDE ** 2, 30,
+                   "the 64-image request's decode to reach the codec thread")
         probes: dict[str, tuple[float, Future[tuple[BaseException | None, float]]]] = {
             # waits for the codec thread to parse its typed contents; the server's deadline
             "typed contents, server deadline": (REQUEST_TIMEOUT, pool.submit(
