@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -87,3 +88,46 @@ def batches_larger_than_one(server: Server, version: str) -> float:
     total = metric(server, "maskfleet_batch_size_count", version=version)
     singles = metric(server, "maskfleet_batch_size_bucket", version=version, le="1.0")
     return total - singles
+
+
+class SteadyClients:
+    """`clients` threads calling /v1/segment with a new image each time until `stop()`,
+    recording each answer's `X-Model-Version` per client, and every failure.
+
+    What the version-swap tests watch: which versions each client saw, in what order, and that
+    no call failed while the server swapped.
+    """
+
+    def __init__(self, server: Server, clients: int, first_seed: int) -> None:
+        self.seen: list[list[str]] = [[] for _ in range(clients)]
+        self.failures: list[str] = []
+        self._server = server
+        self._first_seed = first_seed
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._load, args=(i,), daemon=True)
+                         for i in range(clients)]
+
+    def __enter__(self) -> SteadyClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _load(self, index: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            seed = self._first_seed + index * 100_000
+            while not self._stop.is_set():
+                seed += 1  # a new image each time: every answer is computed, none cached
+                try:
+                    answer = segment(client, self._server, photo(seed, (64, 48)))
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if answer.status_code != 200:
+                    self.failures.append(f"{answer.status_code} {answer.text}")
+                else:
+                    self.seen[index].append(answer.headers["x-model-version"])

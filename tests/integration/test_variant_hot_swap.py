@@ -10,9 +10,7 @@ metrics must follow each swap.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from shared.repository import ModelRepository, VersionMetadata
-from tests.integration.test_inference_support import metric, photo, segment, start_api, url
+from tests.integration.test_inference_support import SteadyClients, metric, start_api, url
 from tests.integration.variants_support import (
     BUDGET_AGREEMENT,
     BUDGET_IOU_LOSS,
@@ -98,24 +96,8 @@ def test_promotions_swap_variants_under_load_without_failures(
     repo = ModelRepository(str(root))
     api = start_api(root, tmp_path, f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
                     model_variant="int8", stage_poll_seconds=0.2)
-    seen: list[list[str]] = [[] for _ in range(CLIENTS)]
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def load(index: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            seed = 7_000_000 + index * 100_000
-            while not stop.is_set():
-                seed += 1  # a new image each time: every answer is computed, none cached
-                try:
-                    answer = segment(client, api, photo(seed, (64, 48)))
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    continue
-                if answer.status_code != 200:
-                    failures.append(f"{answer.status_code} {answer.text}")
-                else:
-                    seen[index].append(answer.headers["x-model-version"])
+    load = SteadyClients(api, CLIENTS, first_seed=7_000_000)
+    seen = load.seen
 
     def everyone_on(label: str) -> Callable[[], bool]:
         return lambda: all(s and s[-1] == label for s in seen)
@@ -125,30 +107,23 @@ def test_promotions_swap_variants_under_load_without_failures(
         wait_until(lambda: all(len(s) >= c + 3 for s, c in zip(seen, counts, strict=True)),
                    60, "more answers from every client")
 
-    with running(api), ThreadPoolExecutor(CLIENTS) as pool:
-        clients = [pool.submit(load, i) for i in range(CLIENTS)]
-        try:
-            wait_until(lambda: all(len(s) >= 3 for s in seen), 60, "traffic on version 1")
-            assert served_by(api) == (1, "int8")
-            assert_model_metrics(api, repo, 1, "int8", swaps=0)
+    with running(api), load:
+        wait_until(lambda: all(len(s) >= 3 for s in seen), 60, "traffic on version 1")
+        assert served_by(api) == (1, "int8")
+        assert_model_metrics(api, repo, 1, "int8", swaps=0)
 
-            repo.set_stage("unet", "production", 2)
-            wait_until(everyone_on("2/int8"), SWAP_SECONDS, "every client on 2/int8")
-            more_traffic()
-            assert served_by(api) == (2, "int8")
-            assert_model_metrics(api, repo, 2, "int8", swaps=1)
+        repo.set_stage("unet", "production", 2)
+        wait_until(everyone_on("2/int8"), SWAP_SECONDS, "every client on 2/int8")
+        more_traffic()
+        assert served_by(api) == (2, "int8")
+        assert_model_metrics(api, repo, 2, "int8", swaps=1)
 
-            repo.set_stage("unet", "production", 3)  # no int8 build: the SavedModel serves
-            wait_until(everyone_on("3/savedmodel"), SWAP_SECONDS,
-                       "every client on 3/savedmodel")
-            more_traffic()
-            assert served_by(api) == (3, "savedmodel")
-            assert_model_metrics(api, repo, 3, "savedmodel", swaps=2)
-        finally:
-            stop.set()
-            for done in clients:
-                done.result()
-    assert failures == []
+        repo.set_stage("unet", "production", 3)  # no int8 build: the SavedModel serves
+        wait_until(everyone_on("3/savedmodel"), SWAP_SECONDS, "every client on 3/savedmodel")
+        more_traffic()
+        assert served_by(api) == (3, "savedmodel")
+        assert_model_metrics(api, repo, 3, "savedmodel", swaps=2)
+    assert load.failures == []
     for answers in seen:
         # in order, each seen, none seen again after a newer one
         assert [label for label, _ in groupby(answers)] == list(ANSWERS), answers
