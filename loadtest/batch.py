@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,20 +42,37 @@ def run_job(api_url: str, input_prefix: str, output_prefix: str, *, chunk_size: 
             timeout: float = 600.0, poll_seconds: float = 0.05) -> JobRun:
     with httpx.Client(base_url=api_url, timeout=30.0) as client:
         started = time.perf_counter()
-        answer = client.post("/v1/jobs", json={"input": input_prefix, "output": output_prefix,
-                                               "chunk_size": chunk_size})
-        if answer.status_code != 202:
-            raise RuntimeError(f"job refused ({answer.status_code}): {answer.text}")
-        job = answer.json()
-        while job["state"] not in FINISHED:
-            if time.perf_counter() - started > timeout:
-                raise TimeoutError(f"job {job['job_id']} still {job['state']} after {timeout}s")
-            time.sleep(poll_seconds)
-            job = client.get(f"/v1/jobs/{job['job_id']}").json()
+        job = _follow(client, _submit(client, input_prefix, output_prefix, chunk_size),
+                      started, timeout, poll_seconds, lambda job: None)
         seconds = time.perf_counter() - started
     totals = job["totals"]
     return JobRun(job["job_id"], job["state"], int(totals["images"]), int(totals["failed"]),
                   seconds)
+
+
+def _submit(client: httpx.Client, input_prefix: str, output_prefix: str,
+            chunk_size: int) -> dict[str, Any]:
+    answer = client.post("/v1/jobs", json={"input": input_prefix, "output": output_prefix,
+                                           "chunk_size": chunk_size})
+    if answer.status_code != 202:
+        raise RuntimeError(f"job refused ({answer.status_code}): {answer.text}")
+    job: dict[str, Any] = answer.json()
+    return job
+
+
+def _follow(client: httpx.Client, job: dict[str, Any], started: float, timeout: float,
+            poll_seconds: float, each: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Poll the job until it finishes, calling `each` with every state seen; a reply other
+    than 200 (the API busy) is polled again, up to `timeout`."""
+    while job["state"] not in FINISHED:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"job {job['job_id']} still {job['state']} after {timeout}s")
+        each(job)
+        time.sleep(poll_seconds)
+        reply = client.get(f"/v1/jobs/{job['job_id']}")
+        if reply.status_code == 200:
+            job = reply.json()
+    return job
 
 
 @dataclass(frozen=True)
@@ -76,25 +94,19 @@ def run_job_with_kill(api_url: str, input_prefix: str, output_prefix: str, *, ch
                       poll_seconds: float = 0.05) -> Recovery:
     """Like `run_job`, but `kill()` (SIGKILL the worker, start its replacement) runs once
     `kill_after` images are done, so the worker dies in the middle of a chunk."""
+    killed: float | None = None
+    killed_at = 0
+
+    def kill_once(job: dict[str, Any]) -> None:
+        nonlocal killed, killed_at
+        if killed is None and job["totals"]["done"] >= kill_after:
+            killed, killed_at = time.perf_counter(), int(job["totals"]["done"])
+            kill()
+
     with httpx.Client(base_url=api_url, timeout=30.0) as client:
         started = time.perf_counter()
-        answer = client.post("/v1/jobs", json={"input": input_prefix, "output": output_prefix,
-                                               "chunk_size": chunk_size})
-        if answer.status_code != 202:
-            raise RuntimeError(f"job refused ({answer.status_code}): {answer.text}")
-        job = answer.json()
-        killed: float | None = None
-        killed_at = 0
-        while job["state"] not in FINISHED:
-            if time.perf_counter() - started > timeout:
-                raise TimeoutError(f"job {job['job_id']} still {job['state']} after {timeout}s")
-            if killed is None and job["totals"]["done"] >= kill_after:
-                killed, killed_at = time.perf_counter(), int(job["totals"]["done"])
-                kill()
-            time.sleep(poll_seconds)
-            reply = client.get(f"/v1/jobs/{job['job_id']}")
-            if reply.status_code == 200:
-                job = reply.json()
+        job = _follow(client, _submit(client, input_prefix, output_prefix, chunk_size),
+                      started, timeout, poll_seconds, kill_once)
         done = time.perf_counter()
     if killed is None:
         raise RuntimeError(f"job {job['job_id']} finished before the worker could be killed")
