@@ -13,8 +13,7 @@ answer is built, which is what bounds the API's memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,8 +79,6 @@ class Segmenter:
         self._budget = budget
         self._metrics = metrics
         self._max_pixels = max_pixels
-        self._preparing = 0
-        """Images admitted to the batch queue's budget while they are decoded."""
 
     def start(self) -> None:
         self._codec.start()
@@ -146,7 +143,7 @@ class Segmenter:
         height, width = int(images.shape[1]), int(images.shape[2])
         for attempt in (1, 2):
             size = self._holder.require().input_size
-            with self._preparing_images(len(images)):
+            with self._batcher.preparing(len(images)):
                 pixels = await self._codec.run(_pixels_to_input, images, size,
                                                deadline=deadline)
             try:
@@ -159,16 +156,6 @@ class Segmenter:
                              result.version, result.variant)
         raise AssertionError("unreachable")
 
-    @contextmanager
-    def _preparing_images(self, count: int) -> Iterator[None]:
-        """Count images being decoded against the batch queue's bound (503 when full)."""
-        self._batcher.admit(count, self._preparing)
-        self._preparing += count
-        try:
-            yield
-        finally:
-            self._preparing -= count
-
     async def _run_encoded(self, blobs: Sequence[bytes], headers: Sequence[ImageHeader],
                            deadline: Deadline) -> tuple[list[Prepared], BatchResult]:
         """Decode and batch; decode again if a swap changed the input size.
@@ -178,7 +165,7 @@ class Segmenter:
         """
         for attempt in (1, 2):
             size = self._holder.require().input_size
-            with self._preparing_images(len(blobs)):
+            with self._batcher.preparing(len(blobs)):
                 prepared = await self._codec.run(_prepare_all, blobs, headers, size,
                                                  self._max_pixels, deadline=deadline)
             pixels = (prepared[0].pixels[np.newaxis] if len(prepared) == 1

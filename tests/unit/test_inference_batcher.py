@@ -109,15 +109,32 @@ async def test_concurrent_requests_share_model_calls_within_the_size_limit(metri
                                              {"version": "1", "variant": "savedmodel"}) == 3
 
 
-async def test_a_lone_request_runs_after_the_wait_without_company(metrics):
+async def test_a_lone_request_runs_at_once_when_nothing_else_is_being_decoded(metrics):
     model = FakeModel(1)
     holder, _ = await loaded_holder({1: model}, metrics)
-    batcher = Batcher(holder, metrics, max_size=16, max_wait_ms=1)
+    batcher = Batcher(holder, metrics, max_size=16, max_wait_ms=60_000)
     await batcher.start()
-    result = await batcher.run(pixels())
+    async with asyncio.timeout(10):  # no company is coming: the 60 s wait does not apply
+        result = await batcher.run(pixels())
     await batcher.stop()
     assert model.batches == [1]
     assert result.class_ids.shape == (1, 4, 4)
+
+
+async def test_a_forming_batch_waits_for_images_still_being_decoded(metrics):
+    model = FakeModel(1)
+    holder, _ = await loaded_holder({1: model}, metrics)
+    batcher = Batcher(holder, metrics, max_size=16, max_wait_ms=60_000)
+    await batcher.start()
+    with batcher.preparing(2):  # a 2-image request is being decoded
+        first = asyncio.create_task(batcher.run(pixels()))
+        await wait_for(lambda: batcher.queued == 0, "the model thread to take the first")
+    async with asyncio.timeout(10):
+        second = await batcher.run(pixels(2))
+        assert len((await first).class_ids) == 1
+    await batcher.stop()
+    assert model.batches == [3], "the first waited for the images being decoded"
+    assert len(second.class_ids) == 2
 
 
 async def test_stop_runs_what_is_queued_then_refuses_new_work(metrics):
@@ -125,11 +142,12 @@ async def test_stop_runs_what_is_queued_then_refuses_new_work(metrics):
     holder, _ = await loaded_holder({1: model}, metrics)
     batcher = Batcher(holder, metrics, max_size=8, max_wait_ms=60_000)
     await batcher.start()
-    queued = [asyncio.create_task(batcher.run(pixels())) for _ in range(3)]
-    await asyncio.sleep(0)  # let the three requests enqueue
-    await wait_for(lambda: batcher.queued == 0, "the collector to hold all three")
-    assert not model.batches
-    await batcher.stop()  # the batch was waiting for a 60 s deadline: stop flushes it now
+    with batcher.preparing(1):  # company the batch would wait 60 s for
+        queued = [asyncio.create_task(batcher.run(pixels())) for _ in range(3)]
+        await asyncio.sleep(0)  # let the three requests enqueue
+        await wait_for(lambda: batcher.queued == 0, "the collector to hold all three")
+        assert not model.batches
+        await batcher.stop()  # stop flushes the waiting batch now
     assert [len(r.class_ids) for r in await asyncio.gather(*queued)] == [1, 1, 1]
     with pytest.raises(ModelNotReady, match="shutting down"):
         await batcher.run(pixels())

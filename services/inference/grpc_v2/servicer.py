@@ -209,7 +209,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
 
 def _request_id(metadata: Mapping[str, str]) -> str:
     incoming = metadata.get(REQUEST_ID_KEY)
-    # 32 random hex digits, as REST's uuid4().hex, without building a UUID object per call
+    # 32 random hex digits, as REST's request ids
     return incoming if incoming and _VALID_ID.match(incoming) else os.urandom(16).hex()
 
 
