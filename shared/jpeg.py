@@ -254,7 +254,8 @@ def decode_rgb(data: bytes, frame: JpegFrame,
     try:
         pixels: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(
             data, "rgb", fastdct=False, fastupsample=False,
-            min_height=height if scale > 1 else 0, min_width=width if scale > 1 else 0)
+            min_height=height if scale > 1 else 0, min_width=width if scale > 1 else 0,
+            strict=True)
     except ValueError:  # any libjpeg-turbo error or warning: Pillow refuses or tolerates it
         return None
     if pixels.shape != (height, width, 3):

@@ -140,6 +140,30 @@ def test_the_upright_size_is_the_one_viewers_show() -> None:
     assert probe(CORPUS["XMP orientation 8"]).size == (203, 301)
 
 
+def app1(payload: bytes) -> bytes:
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+@pytest.mark.parametrize(("first", "second"), [(6, 3), (1, 8)])
+def test_several_exif_and_xmp_segments_read_as_pillow_reads_them(first: int,
+                                                                  second: int) -> None:
+    """Pillow appends later EXIF segments to the first (whose IFD0 wins) and keeps the last
+    XMP packet, which counts only when EXIF has no orientation."""
+    extra = app1(with_orientation(second).tobytes())
+    xmp = [app1(b"http://ns.adobe.com/xap/1.0/\0" + f'tiff:Orientation="{o}"'.encode())
+           for o in (second, 7)]
+    for data in (jpeg(photo(64, 48), exif=with_orientation(first)),
+                 jpeg(photo(64, 48), exif=with_orientation(5)), jpeg(photo(64, 48))):
+        scan = data.index(b"\xff\xdb")
+        for segments in ([extra], xmp, [extra, *xmp]):
+            variant = data[:scan] + b"".join(segments) + data[scan:]
+            frame = read_frame(variant)
+            assert frame is not None
+            assert frame.orientation == Image.open(io.BytesIO(variant)).getexif().get(0x0112, 1)
+            np.testing.assert_array_equal(np.asarray(open_image(variant, draft_size=16)[0]),
+                                          pillow_decode(variant, 16))
+
+
 def test_tiny_images_scaled_by_pillow_alone() -> None:
     """Under 8 px a smaller libjpeg scale reaches the same output size, and simplejpeg would
     pick it: those few decodes stay with Pillow."""
