@@ -100,8 +100,9 @@ class InferenceSettings(JobSettings):
     batch_max_size: int = Field(default=16, ge=1, le=256)
     """Most images per model call; 8-32 is where this CPU reaches its ceiling."""
 
-    batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
-    """How long the first image of a batch waits for company; latency paid for throughput."""
+    batch_max_wait_ms: float = Field(default=20.0, ge=0.0, le=10_000.0)
+    """The longest the first image of a batch waits for images still being decoded; with none
+    in preparation it runs at once (batcher.py), so a lone request never pays this wait."""
 
     codec_threads: int = Field(default=2, ge=1, le=32)
     """Threads decoding images and encoding PNG masks beside the single model thread."""

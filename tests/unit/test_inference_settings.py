@@ -13,7 +13,7 @@ def test_defaults_match_the_documented_interface(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = InferenceSettings()
     assert (settings.host, settings.port) == ("0.0.0.0", 8080)
-    assert (settings.batch_max_size, settings.batch_max_wait_ms) == (16, 5.0)
+    assert (settings.batch_max_size, settings.batch_max_wait_ms) == (16, 20.0)
     assert settings.role == "stable"
     assert settings.redis_socket_timeout_ms <= 100
 
