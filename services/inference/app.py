@@ -68,6 +68,7 @@ def create_app(
     holder = ModelHolder(settings, repository, metrics, loader)
     batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
                       max_wait_ms=settings.batch_max_wait_ms,
+                      wait_always=settings.batch_wait == "always",
                       max_queue_images=settings.batch_max_queue_images)
     cache = ResultCache.from_settings(settings, metrics, redis_client)
     codec = CodecPool(settings.codec_threads, settings.codec_max_queue, metrics)
@@ -205,6 +206,7 @@ def _compare_segmenters(settings: InferenceSettings, repository: ModelRepository
     holder = ModelHolder(own, repository, metrics, loader)
     batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
                       max_wait_ms=settings.batch_max_wait_ms,
+                      wait_always=settings.batch_wait == "always",
                       max_queue_images=settings.batch_max_queue_images)
     codec = CodecPool(1, settings.codec_max_queue, metrics)
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,

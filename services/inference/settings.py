@@ -101,8 +101,14 @@ class InferenceSettings(JobSettings):
     """Most images per model call; 8-32 is where this CPU reaches its ceiling."""
 
     batch_max_wait_ms: float = Field(default=20.0, ge=0.0, le=10_000.0)
-    """The longest the first image of a batch waits for images still being decoded; with none
-    in preparation it runs at once (batcher.py), so a lone request never pays this wait."""
+    """The longest the first image of a batch waits for company (`batch_wait`)."""
+
+    batch_wait: Literal["decoding", "always"] = "decoding"
+    """`decoding`: wait only for images already admitted and being decoded, so a lone request
+    never pays the wait and busy moments get larger batches. `always`: TF Serving's and
+    Triton's rule, every batch waits up to `batch_max_wait_ms` for requests that have not
+    arrived yet: larger batches when requests come spaced out (open-loop traffic), at the
+    price of that wait on every request of a quiet server."""
 
     codec_threads: int = Field(default=2, ge=1, le=32)
     """Threads decoding images and encoding PNG masks beside the single model thread."""

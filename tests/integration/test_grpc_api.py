@@ -314,11 +314,13 @@ def test_api_keys_travel_as_metadata(keyed_api):
 @pytest.fixture(scope="module")
 def slow_api(tiny_model_repo: Path, redis_server: Server,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A long batch wait parks requests in the batcher, so they are surely in flight; a budget
+    """A long batch wait for arrivals parks requests in the batcher, so they are surely in
+    flight; a budget
     of 3000 pixels in flight admits two 40x30 images at once and sheds a third."""
     server = start_grpc_api(tiny_model_repo, tmp_path_factory.mktemp("grpc-slow"),
                             f"redis://127.0.0.1:{redis_server.port}/0",
-                            batch_max_wait_ms=1500, batch_max_size=64, max_inflight_pixels=3000,
+                            batch_max_wait_ms=1500, batch_wait="always", batch_max_size=64,
+                            max_inflight_pixels=3000,
                             max_request_pixels=3000, cache_enabled="false", max_pixels=250_000,
                             stage_poll_seconds=0)
     yield server

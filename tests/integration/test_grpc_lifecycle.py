@@ -243,7 +243,8 @@ def test_a_draining_pod_turns_not_serving_then_refuses_new_calls(
     in flight finish, new ones end UNAVAILABLE, which gRPC clients retry elsewhere."""
     marker = tmp_path / "draining"
     api = start_grpc_api(tiny_model_repo, tmp_path, f"redis://127.0.0.1:{redis_server.port}/0",
-                         drain_file=marker, batch_max_wait_ms=1500, batch_max_size=64,
+                         drain_file=marker, batch_max_wait_ms=1500, batch_wait="always",
+                         batch_max_size=64,
                          cache_enabled="false", stage_poll_seconds=0)
     try:
         assert health(api) == SERVING

@@ -27,9 +27,11 @@ REQUESTS = 6
 
 def test_sigterm_answers_every_accepted_request(tiny_model_repo: Path, redis_server: Server,
                                                 tmp_path: Path):
-    # a long batch wait parks the requests in the batcher, so they are surely in flight
+    # a long batch wait for arrivals parks the requests in the batcher, so they are surely in
+    # flight
     api = start_api(tiny_model_repo, tmp_path, f"redis://127.0.0.1:{redis_server.port}/0",
-                    batch_max_wait_ms=5000, batch_max_size=64, cache_enabled="false",
+                    batch_max_wait_ms=5000, batch_wait="always", batch_max_size=64,
+                    cache_enabled="false",
                     stage_poll_seconds=0)
 
     def one(seed: int) -> tuple[httpx.Response, float]:

@@ -137,6 +137,20 @@ async def test_a_forming_batch_waits_for_images_still_being_decoded(metrics):
     assert len(second.class_ids) == 2
 
 
+async def test_waiting_always_holds_a_lone_request_for_company_that_has_not_arrived(metrics):
+    model = FakeModel(1)
+    holder, _ = await loaded_holder({1: model}, metrics)
+    batcher = Batcher(holder, metrics, max_size=2, max_wait_ms=60_000, wait_always=True)
+    await batcher.start()
+    first = asyncio.create_task(batcher.run(pixels()))
+    await wait_for(lambda: batcher.queued == 0, "the model thread to take the first")
+    async with asyncio.timeout(10):  # the second fills the batch: it runs without the wait
+        await batcher.run(pixels())
+        await first
+    await batcher.stop()
+    assert model.batches == [2], "the first waited for a request nobody was decoding yet"
+
+
 async def test_stop_runs_what_is_queued_then_refuses_new_work(metrics):
     model = FakeModel(1)
     holder, _ = await loaded_holder({1: model}, metrics)
