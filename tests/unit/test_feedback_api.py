@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.inference.app import create_app
-from services.inference.deps import get_feedback, get_segment_parts
+from services.inference.deps import get_feedback
 from services.inference.feedback import (
     AlreadyCorrected,
     Feedback,
@@ -79,8 +79,7 @@ def client_for(dataset: str, served: MemoryServed) -> Iterator[TestClient]:
     app = create_app(settings(cache_enabled=False, feedback_uri=dataset),
                      repository=FakeRepository(1), loader=models.__getitem__)
     corrections = Feedback(served, app.state.metrics, uri=dataset)
-    parts = replace(app.state.segment_parts, served_log=served)
-    app.dependency_overrides[get_segment_parts] = lambda: parts
+    app.state.segment_parts = replace(app.state.segment_parts, served_log=served)
     app.dependency_overrides[get_feedback] = lambda: corrections
     app.state.rate_limiter = NoLimit()
     with TestClient(app, raise_server_exceptions=False) as test_client:

@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.inference.app import create_app
-from services.inference.deps import get_segment_parts
 from services.inference.feedback import ServedMask
 from services.inference.settings import InferenceSettings
 from tests.servers import wait_until
@@ -227,13 +226,14 @@ def test_every_answer_is_offered_to_the_feedback_log_with_a_server_drawn_token(c
             seen.append(served)
             return kept
 
-    parts = replace(client.app.state.segment_parts, served_log=Recorder())
-    client.app.dependency_overrides[get_segment_parts] = lambda: parts
+    state = client.app.state
+    original = state.segment_parts
+    state.segment_parts = replace(original, served_log=Recorder())
     try:
         image = half_white(40, 30)
         answer = segment(client, image, headers={"X-Request-Id": "chosen-by-the-client"})
     finally:
-        client.app.dependency_overrides.clear()
+        state.segment_parts = original
     (served,) = seen
     assert served.request_id == answer.headers["x-request-id"] == "chosen-by-the-client"
     assert served.token != served.request_id
@@ -327,14 +327,17 @@ def test_the_ingress_path_prefixes_reach_the_same_routes(client, prefix):
 
 
 def test_an_unexpected_failure_is_a_500_problem_that_still_carries_the_request_id(client):
-    async def broken() -> object:
-        raise RuntimeError("a bug " + "x" * 5000)
+    class Broken:
+        async def segment(self, *args: object) -> object:
+            raise RuntimeError("a bug " + "x" * 5000)
 
-    client.app.dependency_overrides[get_segment_parts] = broken
+    state = client.app.state
+    original = state.segment_parts
+    state.segment_parts = replace(original, segmenter=Broken())
     try:
         answer = segment(client, half_white(), headers={"X-Request-Id": "trace-500"})
     finally:
-        client.app.dependency_overrides.clear()
+        state.segment_parts = original
     assert answer.status_code == 500
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.headers["x-request-id"] == "trace-500"

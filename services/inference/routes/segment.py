@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.datastructures import QueryParams
 
-from shared.errors import StageNotServed
+from shared.errors import InvalidRequest, StageNotServed
 
 from ..admission import TIMEOUT_HEADER, Deadline, header_timeout
-from ..auth import InferCaller
+from ..auth import Caller, InferCaller, RequireScope
 from ..body import IMAGE_FIELD, read_image
-from ..deps import SegmentPartsDep
+from ..deps import SegmentParts, SegmentPartsDep
 from ..errors import PROBLEM_JSON
 from ..feedback import ServedMask
 from ..feedback.served import new_token
@@ -20,11 +24,52 @@ from ..pipeline import MaskAnswer
 from ..schemas import SegmentAnswer
 from ..settings import InferenceSettings
 
-router = APIRouter(tags=["segment"])
+
+class ServedDirectly(APIRoute):
+    """`/v1/segment` as FastAPI documents it (from `segment`'s signature), served by `serve`.
+
+    The busiest route skips FastAPI's per-request handling of the declared parameters (solving
+    the dependencies, validating the query, checking the endpoint's result): on a bare app it
+    costs ~85 us of the event loop's CPU per request, against ~18 us for a plain handler. `serve`
+    reads the same parameters with the same pydantic rules and raises what FastAPI would
+    (401/403 before 422), so callers and the OpenAPI contract see no difference.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return serve
+
+
+router = APIRouter(tags=["segment"], route_class=ServedDirectly)
+_INFER = RequireScope("infer")
+_FORMAT: TypeAdapter[Literal["png", "json"]] = TypeAdapter(Literal["png", "json"])
+_STAGE: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(max_length=32)])
+_KEEP: TypeAdapter[bool] = TypeAdapter(bool)
 
 FEEDBACK_TOKEN = "X-Feedback-Token"
 FEEDBACK_KEPT = "X-Feedback-Kept"
 """`durable` when the answer is kept in storage for days, `short` when only in the Redis log."""
+
+
+async def serve(request: Request) -> Response:
+    """`segment`'s parameters read directly (`ServedDirectly`), then `answer`."""
+    caller = await _INFER(request)
+    query = request.query_params
+    keep = _query(query, "keep", _KEEP)
+    return await answer(request, request.app.state.segment_parts, caller,
+                        _query(query, "format", _FORMAT), _query(query, "stage", _STAGE),
+                        bool(keep))
+
+
+def _query(query: QueryParams, name: str, adapter: TypeAdapter[Any]) -> Any:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0].get("msg", "invalid")
+        raise InvalidRequest(f"query.{name}: {reason}") from None
+
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -73,6 +118,12 @@ async def segment(
         description="Keep this answer durably (storage, `MASKFLEET_FEEDBACK_KEEP_TTL_SECONDS`, "
                     "7 days by default) so that its correction may come hours later")] = False,
 ) -> Response:
+    return await answer(request, parts, caller, format, stage, keep)
+
+
+async def answer(request: Request, parts: SegmentParts, caller: Caller,
+                 format: str | None, stage: str | None, keep: bool) -> Response:
+    """The answer to one /v1/segment request, its parameters already read and checked."""
     settings, segmenter, compare = parts.settings, parts.segmenter, parts.compare
     request_id: str = request.state.request_id
     if stage is not None and stage != _own_stage(settings):
