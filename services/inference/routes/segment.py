@@ -118,6 +118,8 @@ async def segment(
         description="Keep this answer durably (storage, `MASKFLEET_FEEDBACK_KEEP_TTL_SECONDS`, "
                     "7 days by default) so that its correction may come hours later")] = False,
 ) -> Response:
+    # FastAPI builds the OpenAPI operation from this signature; requests reach `serve` (see
+    # `ServedDirectly`), which reads the same parameters and calls `answer` as this would
     return await answer(request, parts, caller, format, stage, keep)
 
 
