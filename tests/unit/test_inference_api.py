@@ -190,6 +190,8 @@ BOUNDARY = "multipart/form-data; boundary=xyz"
      b"filename=\"a.png\"\r\n\r\nabc\r\n--xyz--\r\n", BOUNDARY, 400, "missing_image"),
     ("/v1/segment", b"--xyz\r\n", "multipart/form-data", 400, "malformed_multipart"),
     ("/v1/segment?format=xml", half_white(), "image/png", 422, "invalid_request"),
+    ("/v1/segment?keep=maybe", half_white(), "image/png", 422, "invalid_request"),
+    (f"/v1/segment?stage={'s' * 33}", half_white(), "image/png", 422, "invalid_request"),
     ("/v2/models/unet/infer", b"{\"inputs\": [", "application/json", 400,
      "invalid_inference_request"),
     ("/v2/models/unet/infer", b"{}", "application/json", 400, "invalid_inference_request"),
@@ -210,6 +212,27 @@ def test_bad_requests_get_a_problem_with_a_stable_code(client, path, body, conte
     assert problem["request_id"] == answer.headers["x-request-id"]
     if path.startswith("/v2"):
         assert problem["error"] == problem["detail"]  # what OIP clients print
+
+
+@pytest.mark.parametrize(("query", "problem"), [
+    ("format=xml", "query.format"), ("keep=maybe", "query.keep"), ("stage=" + "s" * 33,
+                                                                    "query.stage")])
+def test_query_parameters_are_checked_as_the_openapi_document_declares(client, query, problem):
+    """/v1/segment reads its parameters itself (`ServedDirectly`); they must still obey the
+    constraints its OpenAPI operation publishes, and say which one failed."""
+    declared = {p["name"]: p["schema"] for p in
+                client.get("/openapi.json").json()["paths"]["/v1/segment"]["post"]["parameters"]}
+    assert set(declared) == {"format", "stage", "keep"}
+    assert declared["stage"]["anyOf"][0]["maxLength"] == 32
+    answer = client.post(f"/v1/segment?{query}", content=half_white(),
+                         headers={"Content-Type": "image/png"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith(problem)
+    fine = client.post("/v1/segment?format=json&keep=yes&stage=production",
+                       content=half_white(), headers={"Content-Type": "image/png"})
+    assert fine.status_code == 200, fine.text
+    assert fine.headers["content-type"] == "application/json"  # format=json was read
+    assert fine.json()["model"] == "unet"
 
 
 def test_wrong_method_is_405_problem(client):
