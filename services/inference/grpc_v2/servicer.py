@@ -167,9 +167,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except MaskfleetError as error:
             status = error.status
             self._log(error, method, request_id)
-            answer = to_status(error, retry_after_seconds=self._retry_after)
-            answer.trailing_metadata = (*answer.trailing_metadata, (REQUEST_ID_KEY, request_id))
-            await context.abort_with_status(answer)
+            await self._abort(context, error, request_id)
             raise  # abort_with_status raises; this keeps type checkers honest
         except asyncio.CancelledError:
             # gRPC cancels the handler when the caller's deadline passes or it goes away
@@ -182,16 +180,21 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception as exc:
             log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
-            answer = to_status(MaskfleetError("the server failed; see its logs"),
-                               retry_after_seconds=self._retry_after)
-            answer.trailing_metadata = (*answer.trailing_metadata, (REQUEST_ID_KEY, request_id))
-            await context.abort_with_status(answer)
+            await self._abort(context, MaskfleetError("the server failed; see its logs"),
+                              request_id)
             raise
         finally:
             m.http_in_flight.dec()
             labels = (f"/{SERVICE}/{method}", "POST", str(status), version, variant, PROTOCOL)
             m.http_requests.labels(*labels).inc()
             m.http_duration.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], error: MaskfleetError,
+                     request_id: str) -> None:
+        """End the call with `error`'s status, the request id among its trailing metadata."""
+        answer = to_status(error, retry_after_seconds=self._retry_after)
+        answer.trailing_metadata = (*answer.trailing_metadata, (REQUEST_ID_KEY, request_id))
+        await context.abort_with_status(answer)
 
     def _log(self, error: MaskfleetError, method: str, request_id: str) -> None:
         level = (logging.DEBUG if error.status == 503 else
