@@ -7,9 +7,10 @@ same image and the same model version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,53 +20,59 @@ from shared.imaging import (
     FloatImage,
     ImageHeader,
     Mask,
-    class_fractions,
-    encode_png,
-    mask_from_class_ids,
+    fractions_from_counts,
     preprocess,
 )
+from shared.masks import UpscaledMask
 from shared.model.runtime import SAVEDMODEL, SegmentationModel
 from shared.model.serving import LoadedModel
 from shared.model.variants import VariantRecord, choose, load_variant
 from shared.repository import ModelRepository
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    """A mask whose PNG and class fractions are computed on first use, then kept.
+    """A served mask whose pixels, PNG and class fractions are computed on first use, then kept.
+
+    Built from the model's class ids (`shared.masks.UpscaledMask`): the PNG and the fractions
+    need no full-size mask, and the API's /v1/segment and the batch worker ask for nothing else.
 
     Not `functools.cached_property`: on Python 3.11 it holds one lock per class while it
     computes, so threads encoding different masks (the API's codec pool, the worker's I/O
     threads) waited for one another. Two threads computing the same value both get equal bytes.
     """
 
-    mask: Mask
+    upscaled: UpscaledMask
 
     @property
     def width(self) -> int:
-        return int(self.mask.shape[1])
+        return self.upscaled.size[0]
 
     @property
     def height(self) -> int:
-        return int(self.mask.shape[0])
+        return self.upscaled.size[1]
+
+    @property
+    def mask(self) -> Mask:
+        return self._kept("_mask", self.upscaled.pixels)
 
     @property
     def png(self) -> bytes:
-        png: bytes | None = self.__dict__.get("_png")
-        if png is None:
-            png = encode_png(self.mask)
-            object.__setattr__(self, "_png", png)
-        return png
+        return self._kept("_png", self.upscaled.png)
 
     @property
     def fractions(self) -> dict[str, float]:
-        fractions: dict[str, float] | None = self.__dict__.get("_fractions")
-        if fractions is None:
-            fractions = dict(class_fractions(self.mask))
-            object.__setattr__(self, "_fractions", fractions)
-        return fractions
+        return self._kept("_fractions", lambda: fractions_from_counts(self.upscaled.counts()))
+
+    def _kept(self, name: str, compute: Callable[[], T]) -> T:
+        value: T | None = self.__dict__.get(name)
+        if value is None:
+            value = compute()
+            object.__setattr__(self, name, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ def prepare(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def finish(class_ids: np.ndarray, original: tuple[int, int]) -> Segmentation:
-    return Segmentation(mask_from_class_ids(class_ids, original))
+    return Segmentation(UpscaledMask(class_ids, original))
 
 
 def segment_many(

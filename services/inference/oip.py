@@ -27,7 +27,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidInferenceRequest, PayloadTooLarge, TooManyPixels
-from shared.imaging import Mask, encode_png
+from shared.imaging import Mask
+from shared.masks import encode_png
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MASK = "mask"

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page
 
-from shared.imaging import encode_png
+from shared.masks import encode_png
 from tests.servers import REPO, Server, free_port, running
 
 STATIC = REPO / "services/inference/ui/static"

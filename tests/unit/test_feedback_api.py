@@ -24,7 +24,7 @@ from services.inference.feedback import (
     ServedMask,
     mask_iou,
 )
-from shared.imaging import encode_png
+from shared.masks import encode_png
 from tests.servers import wait_until
 from tests.unit.test_inference_api import ThresholdModel, half_white, settings
 from tests.unit.test_inference_batcher import FakeRepository

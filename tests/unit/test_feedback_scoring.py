@@ -16,7 +16,7 @@ from services.inference.feedback.corrections import (
     score,
 )
 from shared.errors import EmptyBody, InvalidMask
-from shared.imaging import encode_png
+from shared.masks import encode_png
 
 
 def trimap(rows: list[list[int]]) -> np.ndarray:

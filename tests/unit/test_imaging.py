@@ -15,13 +15,13 @@ from shared.imaging import (
     apply_exif_orientation,
     class_fractions,
     decode_mask,
-    encode_png,
     mask_from_class_ids,
     mask_to_class_ids,
     open_image,
     preprocess,
     probe,
 )
+from shared.masks import encode_png
 from shared.segmentation import prepare
 from training.data import decode_pair
 from training.synthetic import render

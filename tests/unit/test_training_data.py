@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from shared.errors import ConfigError
-from shared.imaging import decode_mask, encode_png
+from shared.imaging import decode_mask
+from shared.masks import encode_png
 from shared.storage import join, storage_for
 from training.config import DataConfig, GateConfig
 from training.data import load_dataset, split_names, training_batches

@@ -25,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from shared.errors import InvalidMask, MaskfleetError, StorageError
-from shared.imaging import CLASS_NAMES, Mask, decode_mask, encode_png
+from shared.imaging import CLASS_NAMES, Mask, decode_mask
+from shared.masks import encode_png
 from shared.storage import join, storage_for
 
 from ..metrics import ApiMetrics
