@@ -35,7 +35,7 @@ from shared.errors import (
     TooManyPixels,
     UnsupportedMediaType,
 )
-from shared.jpeg import JpegFrame, decode_rgb, orientation_of, read_frame
+from shared.jpeg import EXIF_PREFIX, JpegFrame, decode_rgb, orientation_of, read_frame
 from shared.masks import PNG_SIGNATURE, UpscaledMask
 
 # Our own pixel limit applies (`probe`, before anything is decoded); Pillow's warning threshold
@@ -201,7 +201,7 @@ def _png_orientation(data: bytes) -> int:
         return 1
     exif = Image.Exif()
     try:
-        exif.load(b"Exif\x00\x00" + found)  # the prefix Pillow's PNG reader adds
+        exif.load(EXIF_PREFIX + found)  # the prefix Pillow's PNG reader adds
     except Exception:  # a corrupt EXIF block is ignored, as viewers do
         return 1
     return orientation_of(exif)

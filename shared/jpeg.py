@@ -33,7 +33,8 @@ _RESOLUTION_UNIT = 0x0128
 _X_RESOLUTION = 0x011A
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
 """What Pillow's `getexif` looks for in XMP when EXIF has no orientation."""
-_EXIF_PREFIX = b"Exif\x00\x00"
+EXIF_PREFIX = b"Exif\x00\x00"
+"""What an EXIF block starts with in a JPEG APP1 segment (and what Pillow expects before one)."""
 _XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
 _ICC_PREFIX = b"ICC_PROFILE\x00"
 _PHOTOSHOP_PREFIX = b"Photoshop 3.0\x00"
@@ -99,8 +100,8 @@ def read_frame(data: bytes) -> JpegFrame | None:
                 return None
             if marker == _APP0 and segment.startswith(b"JFIF"):
                 jfif_dpi = jfif_dpi or (len(segment) >= 12 and segment[7] in (1, 2))
-            elif marker == _APP1 and segment.startswith(_EXIF_PREFIX):
-                exif = segment if exif is None else exif + segment[len(_EXIF_PREFIX):]
+            elif marker == _APP1 and segment.startswith(EXIF_PREFIX):
+                exif = segment if exif is None else exif + segment[len(EXIF_PREFIX):]
             elif marker == _APP1 and segment.startswith(_XMP_PREFIX):
                 xmp = segment[len(_XMP_PREFIX):]
             elif marker == _APP2 and segment.startswith(_ICC_PREFIX):
