@@ -37,16 +37,20 @@ def served(token: str = "r1", image: bytes = b"\xff\xd8\xff image", version: int
 
 
 class RecordingRedis:
-    """Records the keep script's calls; `gate` holds them until released; GET reads `data`."""
+    """Records the keep script's calls; `gate` holds them until released (`blocked` tells when
+    one waits there); GET reads `data`."""
 
     def __init__(self) -> None:
         self.kept: list[tuple[object, ...]] = []
         self.data: dict[str, bytes] = {}
         self.error: Exception | None = None
         self.gate: asyncio.Event | None = None
+        self.blocked = asyncio.Event()
+        """Set once a write waits at the gate."""
 
     async def eval(self, script: str, numkeys: int, *args: object) -> object:
         if self.gate is not None:
+            self.blocked.set()
             await self.gate.wait()
         if self.error:
             raise self.error
@@ -165,6 +169,39 @@ async def test_the_answer_does_not_wait_for_redis_but_feedback_does():
     asyncio.get_running_loop().call_soon(client.gate.set)
     with anyio.fail_after(10):
         assert await log.find("slow", "web") == served("slow")
+
+
+async def test_answers_queued_when_the_writer_is_cancelled_end_as_unknown_not_a_hang():
+    client = RecordingRedis()
+    client.gate = asyncio.Event()  # Redis never answers the first write
+    log = make_log(client)
+    assert log.remember(served("in-flight"))
+    with anyio.fail_after(10):
+        await client.blocked.wait()  # the writer took it and waits on Redis
+    assert log.remember(served("queued"))  # waits for the next round trip
+    writer = log._writer
+    assert writer is not None
+    writer.cancel()  # what the loop's shutdown does to a task still running
+    with anyio.fail_after(10):
+        assert await log.find("queued", "web") is None  # unknown: it was never kept
+        assert await log.find("in-flight", "web") is None
+    assert client.kept == []
+
+
+async def test_close_stops_a_writer_that_outlives_its_grace_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.inference.feedback.served.CLOSE_TIMEOUT_SECONDS", 0.05)
+    client = RecordingRedis()
+    client.gate = asyncio.Event()
+    log = make_log(client)
+    assert log.remember(served("in-flight"))
+    with anyio.fail_after(10):
+        await client.blocked.wait()
+    assert log.remember(served("queued"))
+    with anyio.fail_after(10):
+        await log.close()
+        assert await log.find("queued", "web") is None
+    assert log._writer is None
 
 
 async def test_a_redis_failure_is_swallowed_and_redis_left_alone_for_a_while():

@@ -299,8 +299,22 @@ class RedisServedLog:
                     for served in batch:
                         if self._pending.get(served.token) is done:
                             del self._pending[served.token]
+        except asyncio.CancelledError:
+            self._drop_queued()  # shutdown: nothing will send them, nobody may wait for them
+            raise
         finally:
             self._writer = None
+
+    def _drop_queued(self) -> None:
+        """Forget the answers still queued (not kept) and settle the round trip they waited
+        for, so a lookup of one of them ends (as unknown) instead of waiting forever."""
+        queued, self._queue = self._queue, []
+        waiting, self._next = self._next, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+        for served in queued:
+            if self._pending.get(served.token) is waiting:
+                del self._pending[served.token]
 
     async def _keep(self, batch: list[ServedMask]) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -368,8 +382,13 @@ class RedisServedLog:
                                       f"{type(exc).__name__}") from None
 
     async def close(self) -> None:
-        """Let in-flight writes finish (briefly), then close our own connections."""
-        if self._writer is not None:
-            await asyncio.wait([self._writer], timeout=CLOSE_TIMEOUT_SECONDS)
+        """Let in-flight writes finish (briefly), stop the writer if they do not, then close
+        our own connections."""
+        writer = self._writer
+        if writer is not None:
+            await asyncio.wait([writer], timeout=CLOSE_TIMEOUT_SECONDS)
+            if not writer.done():
+                writer.cancel()
+                await asyncio.wait([writer])
         if self._owns_client:
             await self._client.aclose()  # type: ignore[attr-defined]
