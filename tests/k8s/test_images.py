@@ -230,20 +230,43 @@ def test_github_ci_runs_what_the_team_ci_runs_and_audits_the_locks() -> None:
 
 
 def test_images_workflow_builds_and_pushes_the_three_targets() -> None:
-    wf = workflow("images.yml")
+    wf = workflow("image-build.yml")
+    assert triggers(wf) == {"workflow_call"}, "run only by images.yml"
     (job,) = wf["jobs"].values()
     assert set(job["strategy"]["matrix"]["target"]) == set(FINAL)
     build = next(s for s in job["steps"]
                  if s.get("uses", "").startswith("docker/build-push-action"))
     assert build["with"]["file"] == "docker/Dockerfile"
     assert build["with"]["target"] == "${{ matrix.target }}"
-    assert build["with"]["push"] == "${{ github.event_name != 'pull_request' }}"
-    assert "pull_request" in triggers(wf), "pull requests build the images, without pushing"
+    assert build["with"]["push"] == "${{ inputs.push }}"
+    login = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/login"))
+    assert login["if"] == "inputs.push"
     assert set(job["strategy"]["matrix"]["variant"]) == {"cpu", "cuda"}
     assert build["with"]["build-args"].strip() == "TENSORFLOW=${{ matrix.variant }}"
-    on: dict[str, Any] = wf.get("on", wf.get(True, {}))
-    paths = on["pull_request"]["paths"]
-    assert "requirements/**" in paths, "a lock change rebuilds the images"
-    assert wf["permissions"]["packages"] == "write"
     meta = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/metadata"))
     assert meta["with"]["images"].endswith("maskfleet-${{ matrix.target }}")
+
+
+def test_only_pushes_get_a_token_that_writes_packages() -> None:
+    wf = workflow("images.yml")
+    assert "pull_request" in triggers(wf), "pull requests build the images, without pushing"
+    on: dict[str, Any] = wf.get("on", wf.get(True, {}))
+    assert "requirements/**" in on["pull_request"]["paths"], "a lock change rebuilds the images"
+    assert wf["permissions"] == {}
+    jobs = {job["with"]["push"]: job for job in wf["jobs"].values()}
+    assert set(jobs) == {True, False}
+    for job in jobs.values():
+        assert job["uses"] == "./.github/workflows/image-build.yml"
+    assert jobs[False]["if"] == "github.event_name == 'pull_request'"
+    assert jobs[False]["permissions"] == {"contents": "read"}
+    assert jobs[True]["if"] == "github.event_name != 'pull_request'"
+    assert jobs[True]["permissions"] == {"contents": "read", "packages": "write"}
+
+
+def test_every_action_is_pinned_to_a_commit() -> None:
+    """A tag can be moved to other code; a commit cannot (Renovate updates the pins)."""
+    used = [s["uses"] for name in ("ci.yml", "image-build.yml") for s in steps(workflow(name))
+            if "uses" in s]
+    assert len(used) >= 6
+    loose = [u for u in used if not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", u)]
+    assert loose == []

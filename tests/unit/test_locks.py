@@ -171,11 +171,12 @@ def test_a_changed_lock_reinstalls_from_the_lock(make_tree: Path) -> None:
     assert "pip install -q -e '.[dev]'" not in commands, "never resolves outside the lock"
 
 
-def test_renovate_updates_every_lock_and_the_pinned_base_images() -> None:
+def test_renovate_updates_every_lock_and_the_pinned_base_images_and_actions() -> None:
     config = json.loads((REPO / "renovate.json").read_text())
     patterns = [re.compile(p.strip("/")) for p in config["pip-compile"]["managerFilePatterns"]]
     for lock in LOCKS:
         assert any(p.search(f"requirements/{lock}.txt") for p in patterns), lock
     assert "docker:pinDigests" in config["extends"]
+    assert "helpers:pinGitHubActionDigests" in config["extends"]
     assert config["lockFileMaintenance"]["enabled"] is True
     assert config["vulnerabilityAlerts"]["enabled"] is True
