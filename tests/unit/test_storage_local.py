@@ -119,3 +119,19 @@ def test_local_os_errors_become_storage_errors_never_oserror(tmp_path: Path) -> 
     # sysfs refuses new files to everyone, root included: an OSError that is not the path's
     with pytest.raises(StorageError, match="Permission denied"):
         storage.write("/sys/maskfleet-test.png", b"x")
+
+
+def test_writes_make_missing_folders_again_and_refuse_a_file_in_the_way(tmp_path: Path) -> None:
+    from shared.errors import StorageError
+
+    storage = LocalStorage()
+    uri = str(tmp_path / "out" / "deep" / "m.png")
+    storage.write(uri, b"first")
+    (tmp_path / "out" / "deep" / "m.png").unlink()
+    (tmp_path / "out" / "deep").rmdir()  # removed between two writes of the same job
+    storage.write(uri, b"")
+    assert storage.read(uri) == b""
+    (tmp_path / "blocked").write_bytes(b"a file where a folder should be")
+    with pytest.raises(StorageError, match="cannot write"):
+        storage.write(str(tmp_path / "blocked" / "m.png"), b"x")
+    assert sorted(p.name for p in (tmp_path / "out" / "deep").iterdir()) == ["m.png"]
