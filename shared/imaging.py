@@ -37,6 +37,7 @@ from shared.errors import (
 )
 from shared.jpeg import EXIF_PREFIX, JpegFrame, decode_rgb, orientation_of, read_frame
 from shared.masks import PNG_SIGNATURE, UpscaledMask
+from shared.masks import Mask as Mask  # the type of a mask, re-exported where it always was
 
 # Our own pixel limit applies (`probe`, before anything is decoded); Pillow's warning threshold
 # is only noise here. Set once for the process: a `catch_warnings` block per image copied the
@@ -63,7 +64,6 @@ PREPROCESSING_ID = "rgb-exif-draft-bilinear-unit-v2"
 """Names this preprocessing in cache keys: change it whenever the pixels fed to the model change."""
 
 FloatImage = npt.NDArray[np.float32]
-Mask = npt.NDArray[np.uint8]
 
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 """Phone cameras save multi-picture JPEGs (MPO): the first frame is an ordinary JPEG."""
