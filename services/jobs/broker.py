@@ -8,7 +8,10 @@ worker died) to another worker. JSON only: a queue must never unpickle what it r
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery
@@ -60,8 +63,24 @@ def make_celery(state: RedisEndpoint, *, visibility_timeout: int = 3600,
     return app
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A chunk message a worker took from the queue and has not acknowledged (yet)."""
+
+    tag: str
+    """Its delivery tag in the Redis transport's `unacked` hash."""
+    job_id: str
+    chunk: int
+
+
 class CeleryEnqueuer:
-    """Queues a job's chunks by task name, so the API needs no worker code or model."""
+    """Queues a job's chunks by task name, so the API needs no worker code or model; and shows
+    the reaper the chunk messages workers took but never acknowledged (`taken`, `restore`).
+
+    A worker killed after taking a message but before leasing its chunk (a window of a few
+    milliseconds after the previous chunk) leaves no lease to expire: without this, only the
+    transport's visibility timeout (an hour by default) would hand the message on.
+    """
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -75,3 +94,29 @@ class CeleryEnqueuer:
             for index in chunks:
                 self.app.send_task(CHUNK_TASK, args=[job_id, index], queue=QUEUE,
                                    task_id=f"{job_id}-{index}", producer=producer)
+
+    def taken(self, older_than: float, limit: int = 100) -> list[Delivery]:
+        """Chunk messages taken from the queue more than `older_than` seconds ago and still
+        unacknowledged (the Redis transport's `unacked` index, by delivery time)."""
+        with self.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            client = channel.client
+            tags = client.zrangebyscore(channel.unacked_index_key, "-inf",
+                                        time.time() - older_than, start=0, num=limit)
+            found = []
+            for tag in tags:
+                raw = client.hget(channel.unacked_key, tag)
+                if raw is None:  # acknowledged meanwhile
+                    continue
+                headers = json.loads(raw)[0].get("headers") or {}
+                job_id, _, chunk = str(headers.get("id", "")).rpartition("-")
+                if headers.get("task") == CHUNK_TASK and job_id and chunk.isdigit():
+                    name = tag.decode() if isinstance(tag, bytes) else str(tag)
+                    found.append(Delivery(name, job_id, int(chunk)))
+            return found
+
+    def restore(self, delivery: Delivery) -> None:
+        """Put a taken message back on its queue, as the transport does once the visibility
+        timeout passes (and only if it is still unacknowledged: one reaper wins)."""
+        with self.app.connection_for_write() as connection:
+            connection.default_channel.qos.restore_by_tag(delivery.tag)

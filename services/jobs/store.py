@@ -237,6 +237,16 @@ class JobStore:
         workers = self.redis.hgetall(key(job_id, "workers"))
         return {int(c): (int(n), text(workers.get(c, ""))) for c, n in attempts.items()}
 
+    def never_started(self, job_id: str, chunk: int) -> bool:
+        """The job still runs (or waits) and no worker ever leased or recorded this chunk."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(key(job_id), "state")
+        pipe.sismember(key(job_id, "chunks"), str(chunk))
+        pipe.hexists(key(job_id, "attempts"), chunk)
+        state, recorded, attempted = pipe.execute()
+        return (text(state) if state else "") in (JobState.QUEUED.value, JobState.RUNNING.value) \
+            and not recorded and not attempted
+
     def succeed(self, job_id: str, manifest: str) -> bool:
         return self._move(job_id, JobState.SUCCEEDED, manifest=manifest)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from services.jobs.store import JobStore, key
 from shared.redis import RedisEndpoint
 from shared.storage import storage_for
 from tests.integration.test_inference_support import start_api, url
-from tests.servers import Server, free_port, port_open, start_redis, wait_until
+from tests.servers import REPO, Server, free_port, port_open, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +288,45 @@ def test_a_submission_while_the_state_redis_is_down_is_a_503_that_leaves_nothing
     assert len(list(store.redis.scan_iter("maskfleet:job:*"))) == jobs_before  # no record
     job_id = submit(http, inputs, output, chunk_size=2)  # the output is free
     assert finished(http, job_id)["state"] == "succeeded"
+
+
+TAKE_AND_DIE = """
+import os, signal, sys
+from pydantic import SecretStr
+from services.jobs.broker import QUEUE, make_celery
+from shared.redis import RedisEndpoint
+app = make_celery(RedisEndpoint.build("state", sys.argv[1], SecretStr(sys.argv[2])))
+with app.connection_for_write() as connection:
+    taken = connection.default_channel.basic_get(QUEUE, no_ack=False)  # as a consumer takes one
+    assert taken is not None, "no chunk message to take"
+    os.kill(os.getpid(), signal.SIGKILL)  # before any lease: the chunk was never started
+"""
+
+
+def test_a_worker_killed_after_taking_a_chunk_but_before_leasing_it_costs_seconds(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    """The window between taking a message and leasing its chunk is milliseconds wide, but a
+    kill landing in it left no lease to expire: only the transport's visibility timeout (an
+    hour) handed the message on. The reaper now puts it back after one lease time."""
+    if stack.worker is not None:  # nobody may consume the message before the dying worker
+        stack.worker.stop()
+        stack.worker = None
+    store = stack.store()
+    inputs = images(tmp_path / "in", 3, 500)
+    job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
+    taker = subprocess.run([sys.executable, "-c", TAKE_AND_DIE, stack.state_url, PASSWORD],
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+                           capture_output=True, text=True)
+    assert taker.returncode == -signal.SIGKILL, taker.stderr
+    held = [json.loads(raw)[0]["headers"]["id"] for raw in store.redis.hvals("unacked")]
+    queued = [json.loads(raw)["headers"]["id"] for raw in store.redis.lrange("maskfleet", 0, -1)]
+    assert f"{job_id}-0" in held  # held for a dead consumer (earlier tests' backstops too)
+    assert f"{job_id}-0" not in queued
+    assert not started(store, job_id, 0)
+    stack.start_worker(job_lease_seconds=3, job_heartbeat_seconds=1)
+    job = finished(http, job_id)  # within JOB_TIMEOUT, far below the 3600 s visibility timeout
+    assert job["state"] == "succeeded", job
+    assert job["totals"] == {"images": 3, "done": 3, "failed": 0}
+    assert [x.input for x in manifest_inputs(job)] == inputs
+    assert store.chunk_attempts(job_id)[0][0] == 1  # started once: a restore, not a crash
