@@ -95,14 +95,16 @@ class CeleryEnqueuer:
                 self.app.send_task(CHUNK_TASK, args=[job_id, index], queue=QUEUE,
                                    task_id=f"{job_id}-{index}", producer=producer)
 
-    def taken(self, older_than: float, limit: int = 100) -> list[Delivery]:
+    def taken(self, older_than: float) -> list[Delivery]:
         """Chunk messages taken from the queue more than `older_than` seconds ago and still
-        unacknowledged (the Redis transport's `unacked` index, by delivery time)."""
-        with self.app.connection_for_write() as connection:
+        unacknowledged (the Redis transport's `unacked` index, by delivery time). All of them:
+        besides the messages of running chunks the index holds only the originals of reaped
+        chunks, which stay until their visibility timeout."""
+        with self.app.pool.acquire(block=True) as connection:
             channel = connection.default_channel
             client = channel.client
             tags = client.zrangebyscore(channel.unacked_index_key, "-inf",
-                                        time.time() - older_than, start=0, num=limit)
+                                        time.time() - older_than)
             found = []
             for tag in tags:
                 raw = client.hget(channel.unacked_key, tag)
@@ -118,5 +120,5 @@ class CeleryEnqueuer:
     def restore(self, delivery: Delivery) -> None:
         """Put a taken message back on its queue, as the transport does once the visibility
         timeout passes (and only if it is still unacknowledged: one reaper wins)."""
-        with self.app.connection_for_write() as connection:
+        with self.app.pool.acquire(block=True) as connection:
             connection.default_channel.qos.restore_by_tag(delivery.tag)
