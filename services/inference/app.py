@@ -66,10 +66,7 @@ def create_app(
     metrics = ApiMetrics()
     repository = repository or ModelRepository(settings.model_repository)
     holder = ModelHolder(settings, repository, metrics, loader)
-    batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
-                      max_wait_ms=settings.batch_max_wait_ms,
-                      wait_always=settings.batch_wait == "always",
-                      max_queue_images=settings.batch_max_queue_images)
+    batcher = _batcher(settings, holder, metrics)
     cache = ResultCache.from_settings(settings, metrics, redis_client)
     codec = CodecPool(settings.codec_threads, settings.codec_max_queue, metrics)
     budget = PixelBudget(settings.max_inflight_pixels, metrics)
@@ -189,6 +186,14 @@ class _StageParts:
         self.segmenter.close()
 
 
+def _batcher(settings: InferenceSettings, holder: ModelHolder, metrics: ApiMetrics) -> Batcher:
+    """The batcher `settings` describe, for the served stage and the compared one alike."""
+    return Batcher(holder, metrics, max_size=settings.batch_max_size,
+                   max_wait_ms=settings.batch_max_wait_ms,
+                   wait_always=settings.batch_wait == "always",
+                   max_queue_images=settings.batch_max_queue_images)
+
+
 def _compare_segmenters(settings: InferenceSettings, repository: ModelRepository,
                         loader: Loader | None, cache: ResultCache,
                         budget: PixelBudget) -> dict[str, _StageParts]:
@@ -204,10 +209,7 @@ def _compare_segmenters(settings: InferenceSettings, repository: ModelRepository
     own = settings.model_copy(update={"model_stage": stage, "model_version": None})
     metrics = ApiMetrics()
     holder = ModelHolder(own, repository, metrics, loader)
-    batcher = Batcher(holder, metrics, max_size=settings.batch_max_size,
-                      max_wait_ms=settings.batch_max_wait_ms,
-                      wait_always=settings.batch_wait == "always",
-                      max_queue_images=settings.batch_max_queue_images)
+    batcher = _batcher(settings, holder, metrics)
     codec = CodecPool(1, settings.codec_max_queue, metrics)
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
                           max_pixels=settings.max_pixels)
