@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # requirements/dev.txt is the hash-checked lock `make install` installs (see `make lock`).
 LOCK := requirements/dev.txt
-LOCKS := $(wildcard requirements/*.txt)
+LOCKS := $(wildcard requirements/*.txt) loadtest/peers/requirements.txt
 UV ?= $(BIN)/uv
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -46,7 +46,7 @@ test-integration: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services training
+	$(BIN)/mypy shared services training loadtest
 
 # Known vulnerabilities in every locked version (PyPI's advisory data, via pip-audit).
 audit: install

@@ -40,7 +40,14 @@ from loadtest.images import pet_image
 from loadtest.overload import measure_overload
 from loadtest.profiling import Profiler
 from loadtest.report import Figure, Report
-from loadtest.variants import VARIANTS, accuracy, pipeline_rate, publish_variants
+from loadtest.variants import (
+    IDLE_PAUSE_S,
+    VARIANTS,
+    accuracy,
+    codec_cost,
+    pipeline_rate,
+    publish_variants,
+)
 from shared.imaging import preprocess
 from shared.logging import configure_logging
 from shared.model.config import UNetConfig
@@ -49,6 +56,7 @@ from shared.model.runtime import SAVEDMODEL, SegmentationModel
 from shared.model.serving import LoadedModel, export_savedmodel
 from shared.model.unet import build_unet
 from shared.repository import ModelRepository, VersionMetadata
+from shared.segmentation import prepare
 
 log = logging.getLogger("bench")
 
@@ -470,6 +478,7 @@ def _variants_section(bench: Bench, ws: Workspace, redis_url: str, seconds: floa
     blobs = [pet_image(i) for i in range(16)]
     warm = write_inputs(ws.root / "jobs" / "v-warm", blobs, 32)
     timed = write_inputs(ws.root / "jobs" / "v-timed", blobs, images)
+    _codec_figure(bench, ws, prefix)
     concurrency = bench.concurrency
     bench.concurrency = [c for c in concurrency if c in (8, 32)] or [8, 32]
     try:
@@ -543,6 +552,20 @@ def _variants_section(bench: Bench, ws: Workspace, redis_url: str, seconds: floa
                 not batch_target or (f.ratio_to_ceiling or 0) >= VARIANT_BATCH_TARGET)
     finally:
         bench.concurrency = concurrency
+
+
+def _codec_figure(bench: Bench, ws: Workspace, prefix: str) -> None:
+    """The codec steps of the API's request (the bench JPEG), back to back and after a pause:
+    the part of the overhead figures below that this machine's idle cores add."""
+    jpeg = ws.jpeg.read_bytes()
+    size = bench.model.input_size
+    class_ids = bench.model.class_ids(prepare(jpeg, size).pixels[np.newaxis])[0]
+    cost = codec_cost([jpeg], size, class_ids)
+    bench.report.add(Figure(
+        "variants", f"{prefix}codec steps per request (decode, resize, mask PNG)",
+        cost.back_to_back_ms, "core-ms", extra={
+            "after_idle_ms": round(cost.after_idle_ms, 3),
+            "idle_pause_ms": IDLE_PAUSE_S * 1000}))
 
 
 def _prepare(root: Path, variants: bool,

@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
                     runs[name].append(figures)
                     print(f"{name} c={c}: {answered / result.seconds:.1f}/s {figures}",
                           flush=True)
-    for name, figures in runs.items():
-        totals = sorted(f["total"] for f in figures)
-        rest = sorted(f["total"] - f.get(MODEL, 0.0) for f in figures)
+    for name, measured in runs.items():
+        totals = sorted(f["total"] for f in measured)
+        rest = sorted(f["total"] - f.get(MODEL, 0.0) for f in measured)
         print(f"{name}: median ms/call {totals[len(totals) // 2]:.2f}, without the model "
               f"threads {rest[len(rest) // 2]:.2f}")
     if args.out is not None:

@@ -86,6 +86,48 @@ def publish_variants(repository: ModelRepository, model: str, version: int, save
     return records
 
 
+@dataclass(frozen=True)
+class CodecCost:
+    """Thread CPU per image of the request path's codec steps (decode + resize, mask + PNG)."""
+
+    back_to_back_ms: float
+    after_idle_ms: float
+    """The same steps, each begun after the thread slept `IDLE_PAUSE_S`, as an API's codec
+    thread does between a request's decode and its mask (the model runs meanwhile)."""
+
+
+IDLE_PAUSE_S = 0.002
+
+
+def codec_cost(blobs: Sequence[bytes], size: int, class_ids: npt.NDArray[np.int32],
+               images: int = 200) -> CodecCost:
+    """What the codec steps cost on this machine hot and after a pause.
+
+    On this bench's VM a step begun right after its core went idle costs 1.3-1.7x as much CPU
+    as back to back, though nothing else ran meanwhile (docs/variants.md): the API's overhead
+    pays that on every request whose thread waited, while the model's in-process ceiling and
+    this figure's first half do not.
+    """
+    def run(pause: float) -> float:
+        spent = 0.0
+        for index in range(images):
+            blob = blobs[index % len(blobs)]
+            if pause:
+                time.sleep(pause)
+            started = time.thread_time()
+            prepared = prepare(blob, size)
+            spent += time.thread_time() - started
+            if pause:
+                time.sleep(pause)
+            started = time.thread_time()
+            _ = finish(class_ids, prepared.original).png
+            spent += time.thread_time() - started
+        return spent * 1000 / images
+
+    run(0.0)  # warm: first calls load codecs and fill caches
+    return CodecCost(back_to_back_ms=run(0.0), after_idle_ms=run(IDLE_PAUSE_S))
+
+
 def pipeline_rate(model: SegmentationModel, blobs: Sequence[bytes], images: int,
                   batch: int = 16) -> float:
     """In-process images/s of decode + model + mask PNG, one step after the other on one

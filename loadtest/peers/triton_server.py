@@ -39,7 +39,7 @@ def serve(model: str, http_port: int, grpc_port: int, metrics_port: int, max_bat
 
     class_ids(np.zeros((1, size, size, 3), np.float32))  # trace once
 
-    @batch  # type: ignore[misc]
+    @batch  # type: ignore[untyped-decorator]
     def infer(image_bytes: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
         masks = segment([bytes(item) for item in image_bytes.reshape(-1)], class_ids, size)
         out = np.empty((len(masks), 1), dtype=object)
