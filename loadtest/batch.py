@@ -97,7 +97,12 @@ def run_job_with_kill(api_url: str, input_prefix: str, output_prefix: str, *, ch
                       kill: Callable[[], None], kill_after: int, timeout: float = 900.0,
                       poll_seconds: float = 0.05) -> Recovery:
     """Like `run_job`, but `kill()` (SIGKILL the worker, start its replacement) runs once
-    `kill_after` images are done, so the worker dies in the middle of a chunk."""
+    `kill_after` images are done.
+
+    A job's `done` moves when a chunk is recorded, so the worker dies a poll after one: while
+    it takes, leases or runs the next chunk. Whichever it was, the job must finish within about
+    one lease (the reaper's expired leases, or its restore of chunk messages taken but never
+    started); kills inside a chunk are the integration tests' (`test_durable_jobs.py`)."""
     killed: float | None = None
     killed_at = 0
 
