@@ -23,7 +23,7 @@ import numpy.typing as npt
 from prometheus_client import Counter, Histogram
 
 from services.jobs import manifest
-from services.jobs.confinement import escapes
+from services.jobs.confinement import escapes, is_local
 from services.jobs.inputs import mask_uri
 from services.jobs.leases import ChunkLeases, Heartbeat, Lease, Refused
 from services.jobs.manifest import ErrorEntry, ManifestLine
@@ -103,6 +103,12 @@ class ChunkRunner:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_bytes: int = 32 * 1024 * 1024
     io_threads: int = 8
+    """Threads reading and writing a chunk's objects in remote storage (GCS): each read waits
+    on the network, so several overlap the model."""
+    local_io_threads: int = 2
+    """Threads for a chunk whose images and masks are all local files (one per core is
+    enough): a local read or write is a page-cache copy, and each thread beyond the cores only
+    contends with the model's thread for the GIL (docs/batch.md)."""
     worker: str = "local"
     metrics: ChunkMetrics | None = None
     storage: Callable[[str], Storage] = storage_for
@@ -227,16 +233,22 @@ class ChunkRunner:
         it idle a third of the time (MACHINE.md). A batch's lines are saved as progress
         (fenced by the lease) once its masks are written. Without `overlap` (after a crash),
         an image is not even opened before the previous one is saved.
+
+        Between two model calls the model waits for this thread, which needs the GIL for each
+        step it takes; per-image work (output checks, class shares) is therefore the I/O
+        threads', and local chunks run on fewer of them (`local_io_threads`).
         """
         model = self.models(plan.model.name, plan.model.version)
         size = model.input_size
         batches = [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
         lines: list[ManifestLine] = []
         saved = 0
-        with ThreadPoolExecutor(self.io_threads, thread_name_prefix="chunk-io") as pool:
+        local = is_local(plan.output) and all(is_local(uri) for uri in inputs)
+        threads = self.local_io_threads if local else self.io_threads
+        with ThreadPoolExecutor(threads, thread_name_prefix="chunk-io") as pool:
 
             def load(batch: Sequence[str]) -> list[Future[Prepared | MaskfleetError]]:
-                return [pool.submit(self._load, uri, size) for uri in batch]
+                return [pool.submit(self._load, plan, uri, size) for uri in batch]
 
             def settle_and_save(written: list[Written]) -> None:
                 nonlocal saved
@@ -280,17 +292,26 @@ class ChunkRunner:
                                    "allowed per image")
         return data
 
-    def _load(self, uri: str, size: int) -> Prepared | MaskfleetError:
-        """Read and decode one image (in an I/O thread); bad bytes are the item's error."""
+    def _load(self, plan: JobPlan, uri: str, size: int) -> Prepared | MaskfleetError:
+        """Read and decode one image (in an I/O thread); bad bytes, or a mask that would land
+        outside the job's output, are the item's error.
+
+        The output check resolves the mask's path (`realpath`: a system call per folder), so
+        it runs here and not on the thread that drives the model (see `_segment_chunk`).
+        """
         data = self._read(uri)
         if isinstance(data, MaskfleetError):
             return data
         try:
-            return prepare(data, size, self.max_pixels)
+            prepared = prepare(data, size, self.max_pixels)
         except MaskfleetError as exc:
             return exc
         except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises on bad bytes
             return InvalidImage(f"the image is truncated or corrupt: {exc}")
+        if escapes(mask_uri(uri, plan.output, plan.base), plan.output):
+            return EscapesOutput(f"the object name {uri!r} would put its mask outside "
+                                 f"{plan.output}; not written")
+        return prepared
 
     def _segment_batch(self, plan: JobPlan, model: SegmentationModel, batch: Sequence[str],
                        loaded: Sequence[Prepared | MaskfleetError], pool: ThreadPoolExecutor,
@@ -305,16 +326,12 @@ class ChunkRunner:
             line = ManifestLine(input=uri, output=None, model=plan.model.name,
                                 model_version=plan.model.version)
             result = next(ids) if isinstance(item, Prepared) else item
-            target = mask_uri(uri, plan.output, plan.base)
-            if not isinstance(result, MaskfleetError) and escapes(target, plan.output):
-                result = EscapesOutput(f"the object name {uri!r} would put its mask outside "
-                                       f"{plan.output}; not written")
             if isinstance(result, MaskfleetError):
                 line.error = ErrorEntry(code=result.code, detail=result.detail)
                 written.append((line, None))
                 continue
             assert isinstance(item, Prepared)
-            line.output = target
+            line.output = mask_uri(uri, plan.output, plan.base)  # `_load` checked it
             written.append((line, pool.submit(self._finish_and_write, line.output, result,
                                               item.original)))
         return written
@@ -341,6 +358,7 @@ class ChunkRunner:
                           original: tuple[int, int]) -> Segmentation:
         result = finish(class_ids, original)
         self._write_mask(uri, result)
+        _ = result.fractions  # counted here, not when the model's thread settles the line
         return result
 
     def _write_mask(self, uri: str, result: Segmentation) -> None:

@@ -80,6 +80,7 @@ class WorkerRuntime:
         return ChunkRunner(
             self.store, self.models, batch_size=s.model_batch_size, max_pixels=s.max_pixels,
             max_image_bytes=s.max_image_bytes, io_threads=s.io_threads,
+            local_io_threads=s.local_io_threads or thread_count(s.cpu_limit),
             worker=f"{socket.gethostname()}:{os.getpid()}", metrics=self.metrics,
             leases=self.leases, heartbeat_seconds=s.job_heartbeat_seconds,
             max_attempts=s.job_max_attempts,

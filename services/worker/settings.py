@@ -38,7 +38,11 @@ class WorkerSettings(JobSettings):
     """Images per model call inside a chunk; 8-32 is where this CPU reaches its ceiling."""
 
     io_threads: int = Field(default=8, ge=1, le=64)
-    """Threads reading images and writing masks, so storage latency overlaps the model."""
+    """Threads reading images and writing masks in GCS, so storage latency overlaps the model."""
+
+    local_io_threads: int = Field(default=0, ge=0, le=64)
+    """Threads for a chunk whose images and masks are all local files; 0: one per core the
+    worker may use (`cpu_limit`). More only contend with the model's thread for the GIL."""
 
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Largest width x height decoded; a larger image is a per-item error (bomb guard)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,6 +290,35 @@ def test_bad_images_are_per_item_errors_and_the_job_still_succeeds(
     assert all(lines[uri].output is None for uri in bad)
     assert all(lines[uri].output and storage_for(lines[uri].output or "").exists(
         lines[uri].output or "") for uri in good)
+
+
+def test_a_local_chunk_runs_on_the_local_io_threads_only(
+    store: JobStore, models: ModelCache, service: JobService, queue: RecordedQueue,
+    tmp_path: Path,
+) -> None:
+    """Local files need no latency hiding: their reads and writes take `local_io_threads`
+    (here one), not the GCS pool's `io_threads`, whose extra threads would only contend with
+    the model's thread for the GIL."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(6):
+        (source / f"p{i}.jpg").write_bytes(pet_image(400 + i))
+    used: set[str] = set()
+
+    def recording(uri: str) -> Storage:
+        used.add(threading.current_thread().name)
+        return storage_for(uri)
+
+    runner = ChunkRunner(store, models, batch_size=2, max_pixels=MAX_PIXELS, io_threads=4,
+                         local_io_threads=1, storage=recording)
+    status = service.submit(JobRequest(input=str(source), output=str(tmp_path / "out"),
+                                       chunk_size=6))
+    run_queued(runner, queue)
+
+    final = service.status(status.job_id)
+    assert (final.state, final.totals.done, final.totals.failed) == (JobState.SUCCEEDED, 6, 0)
+    assert len(list((tmp_path / "out").glob("p*.png"))) == 6
+    assert {name for name in used if name.startswith("chunk-io")} == {"chunk-io_0"}
 
 
 def test_a_lost_chunk_manifest_fails_the_job_with_the_reason(
