@@ -103,10 +103,10 @@ def codec_cost(blobs: Sequence[bytes], size: int, class_ids: npt.NDArray[np.int3
                images: int = 200) -> CodecCost:
     """What the codec steps cost on this machine hot and after a pause.
 
-    On this bench's VM a step begun right after its core went idle costs 1.3-1.7x as much CPU
-    as back to back, though nothing else ran meanwhile (docs/variants.md): the API's overhead
-    pays that on every request whose thread waited, while the model's in-process ceiling and
-    this figure's first half do not.
+    On this bench's VM a step begun right after its core went idle costs 1.2-1.7x the CPU it
+    costs back to back, though nothing else ran meanwhile (docs/variants.md): the API's
+    overhead pays that on every request whose thread waited, while the model's in-process
+    ceiling and this figure's first half do not.
     """
     def run(pause: float) -> float:
         spent = 0.0
