@@ -56,7 +56,6 @@ from shared.model.runtime import SAVEDMODEL, SegmentationModel
 from shared.model.serving import LoadedModel, export_savedmodel
 from shared.model.unet import build_unet
 from shared.repository import ModelRepository, VersionMetadata
-from shared.segmentation import prepare
 
 log = logging.getLogger("bench")
 
@@ -559,7 +558,7 @@ def _codec_figure(bench: Bench, ws: Workspace, prefix: str) -> None:
     the part of the overhead figures below that this machine's idle cores add."""
     jpeg = ws.jpeg.read_bytes()
     size = bench.model.input_size
-    class_ids = bench.model.class_ids(prepare(jpeg, size).pixels[np.newaxis])[0]
+    class_ids = bench.model.class_ids(preprocess(jpeg, size)[0][np.newaxis])[0]
     cost = codec_cost([jpeg], size, class_ids)
     bench.report.add(Figure(
         "variants", f"{prefix}codec steps per request (decode, resize, mask PNG)",
