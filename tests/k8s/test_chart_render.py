@@ -10,7 +10,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from tests.k8s.cases import VALUE_SETS, Manifest
+from tests.k8s.cases import CLUSTERS, VALUE_SETS, Manifest
 from tests.k8s.conftest import CHART, KUBE_VERSIONS
 
 
@@ -77,3 +77,25 @@ def test_each_template_renders_one_kind(render_sources: Any, name: str) -> None:
     for source, objects in render_sources(VALUE_SETS[name]).items():
         kinds = {o["kind"] for o in objects}
         assert len(kinds) <= 1, f"{source} renders {kinds}"
+
+
+@pytest.mark.parametrize("release", [
+    "segmentation-platform-production-europe-west4-blue-1",  # 53, Helm's longest
+    "maskfleet-production-europe-west4-a",
+    "segmentation-platform-prod",
+])
+def test_long_release_names_give_names_kubernetes_accepts(render: Any, release: str) -> None:
+    """A Service's name is a DNS label of at most 63 characters (the API server refuses a longer
+    one and the install fails half way), a StatefulSet's pods carry their own name plus an
+    ordinal in a label (also 63), a CronJob's Jobs add 11 characters to its name (so 52), and
+    every label value is at most 63; the release name is cut to fit, not refused."""
+    objects = render(VALUE_SETS["everything-forced-on"], release=release,
+                     api_versions=CLUSTERS["everything-forced-on"])
+    assert any(o["metadata"]["name"].endswith("-inference-canary-metrics") for o in objects)
+    limits = {"Service": 63, "StatefulSet": 60, "CronJob": 52}
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        limit = limits.get(obj["kind"], 253)
+        assert len(name) <= limit, f"{obj['kind']} {name}: {len(name)} characters"
+        for label, value in obj["metadata"].get("labels", {}).items():
+            assert len(str(value)) <= 63, f"{obj['kind']} {name}: label {label}={value}"

@@ -4,6 +4,7 @@ it refuses in production fails here instead of in a CrashLoopBackOff."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
+from services.inference.middleware import StripPathPrefix
 from services.inference.settings import InferenceSettings
 from services.worker.settings import WorkerSettings
 from tests.k8s.cases import Manifest, env_of, one, workloads
@@ -71,6 +73,32 @@ def test_services_accept_their_environment(rendered: list[Manifest],
                 assert settings.port == port
                 grace = pod_grace(rendered, c)
                 assert settings.shutdown_timeout_seconds < grace
+
+
+def test_the_api_strips_the_prefixes_the_routes_send(render: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the Ingress nor the HTTPRoute rewrites paths: /stable/v1/segment reaches the pod
+    as it is, and only the API's prefix stripping makes it /v1/segment. With ingress.paths
+    changed, the API must strip the new prefixes, or every call under them is a 404."""
+    objects = render({"ingress": {"paths": {"stable": "/stable", "canary": "/try/canary/"}}})
+    c = next(c for _, c in maskfleet_containers(objects) if c["name"] == "inference")
+    for name in [n for n in _environ() if n.startswith("MASKFLEET_")]:
+        monkeypatch.delenv(name)
+    for name, value in process_env(objects, c).items():
+        monkeypatch.setenv(name, value)
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+
+    strip = StripPathPrefix(app, InferenceSettings().path_prefixes)
+    ingress = one(objects, "Ingress", "maskfleet")
+    sent = [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]
+            if p["pathType"] == "Prefix"]
+    assert "/stable/v1" in sent and "/try/canary/v1" in sent
+    for path in sent:
+        asyncio.run(strip({"type": "http", "path": path + "/x"}, None, None))
+    assert sorted(set(seen)) == ["/ui/x", "/v1/x", "/v2/x"]
 
 
 def pod_grace(objects: list[Manifest], c: Manifest) -> int:

@@ -114,9 +114,13 @@ def test_nginx_canary_annotations_only_when_switched_on(defaults: list[Manifest]
     main = one(objects, "Ingress", "maskfleet")
     (rule,) = canary["spec"]["rules"]
     assert rule["host"] == main["spec"]["rules"][0]["host"]
-    (path,) = rule["http"]["paths"]
-    assert path["path"] == "/"
-    assert path["backend"]["service"]["name"] == CANARY
+    # ingress-nginx pairs a canary with a location of the very same path and type only (and
+    # drops it silently otherwise): the canary Ingress lists the main path's locations exactly
+    main_paths = [(p["path"], p["pathType"]) for p in main["spec"]["rules"][0]["http"]["paths"]
+                  if not p["path"].startswith(("/model-a", "/model-b"))]
+    assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == main_paths
+    assert ("/v1", "Prefix") in main_paths and ("/", "Exact") in main_paths
+    assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {CANARY}
     assert canary["spec"]["ingressClassName"] == main["spec"]["ingressClassName"] == "nginx"
 
 
@@ -529,6 +533,31 @@ def test_pdbs_protect_the_serving_deployments(rendered: list[Manifest]) -> None:
 def test_default_pdbs(defaults: list[Manifest]) -> None:
     names = {p["metadata"]["name"] for p in by_kind(defaults, "PodDisruptionBudget")}
     assert names == {STABLE, CANARY, "maskfleet-worker"}
+
+
+@pytest.mark.parametrize("values", [
+    {"inference": {"stable": {"autoscaling": {"enabled": False}, "replicaCount": 1}}},
+    {"inference": {"stable": {"autoscaling": {"minReplicas": 1}}}},
+    {},
+])
+def test_no_pdb_blocks_a_node_drain_at_the_fewest_replicas(render: Any,
+                                                         values: dict[str, Any]) -> None:
+    """At its fewest pods (the fixed count, or the HPA's minimum) every budget still lets one pod
+    be evicted: a budget that allows none stalls every drain and node upgrade on that node."""
+    objects = render(values)
+    fewest = {}
+    for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
+        fewest[hpa["spec"]["scaleTargetRef"]["name"]] = hpa["spec"]["minReplicas"]
+    for deployment in by_kind(objects, "Deployment"):
+        if "replicas" in deployment["spec"]:
+            fewest.setdefault(deployment["metadata"]["name"], deployment["spec"]["replicas"])
+    for pdb in by_kind(objects, "PodDisruptionBudget"):
+        pods = fewest[pdb["metadata"]["name"]]
+        if "maxUnavailable" in pdb["spec"]:
+            allowed = int(pdb["spec"]["maxUnavailable"])
+        else:
+            allowed = pods - int(pdb["spec"]["minAvailable"])
+        assert allowed >= 1, f"{pdb['metadata']['name']}: {pods} pods, no eviction allowed"
 
 
 # ---------------------------------------------------------------- monitoring hooks

@@ -11,17 +11,18 @@ a Service selector, a NetworkPolicy and an HPA target agree on the same pods.
 {{/*
 Prefix of every object name: the release name when it already contains the chart name
 (so release "maskfleet" gives "maskfleet-worker", not "maskfleet-maskfleet-worker").
-Truncated so that suffixes such as "-inference-canary" still fit in 63 characters.
+Truncated to 38 characters so that the longest suffix, "-inference-canary-metrics" (25), still
+fits in the 63 Kubernetes allows for a Service name.
 */}}
 {{- define "maskfleet.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 38 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 38 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 38 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
