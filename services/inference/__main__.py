@@ -1,16 +1,20 @@
 """`python -m services.inference`: one uvicorn process serving the API.
 
 uvicorn owns SIGTERM/SIGINT: it stops accepting connections, lets in-flight requests finish
-(up to `shutdown_timeout_seconds`), then runs the app's lifespan shutdown. On Kubernetes the
-preStop hook has already made /readyz fail and waited for the endpoint removal to propagate
-(see `drain.py`), so no new request arrives after the listener closes.
+(up to `shutdown_timeout_seconds`), then runs the app's lifespan shutdown. The gRPC server
+starts its own drain when uvicorn's shutdown begins, so both transports drain at once within
+that one timeout (the chart's grace period counts it once). On Kubernetes the preStop hook has
+already made /readyz and gRPC health fail and waited for the endpoint removal to propagate (see
+`drain.py`), so no new request arrives after the listeners close.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import socket
 import sys
+from collections.abc import Callable
 
 import uvicorn
 from pydantic import ValidationError
@@ -49,7 +53,24 @@ def main() -> None:
                               body_timeout=settings.body_timeout_seconds,
                               idle_timeout=settings.keep_alive_timeout_seconds),
     )
-    uvicorn.Server(config).run()
+    grpc_server = app.state.grpc
+    _Server(config, on_shutdown=grpc_server.begin_stop if grpc_server else _nothing).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_shutdown` (on the event loop) when its shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
+def _nothing() -> None:
+    """No gRPC server: nothing to start draining."""
 
 
 def _freeze_heap() -> None:

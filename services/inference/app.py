@@ -3,8 +3,8 @@
 Components are built here and reach routes only through `deps`; nothing reads the
 environment. The lifespan starts the model holder (background load, stage polling) and the
 batcher, then the gRPC server (`grpc_v2`) on the same loop and components; on shutdown, which
-uvicorn runs after in-flight HTTP requests have completed, gRPC calls in flight finish, then
-the batcher runs anything still queued.
+uvicorn runs after in-flight HTTP requests have completed, gRPC calls in flight finish (their
+drain began with uvicorn's, see `__main__`), then the batcher runs anything still queued.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -284,6 +285,52 @@ def test_a_draining_pod_turns_not_serving_then_refuses_new_calls(
             wait_until(refused, 30, "a new call refused during shutdown")
             assert refusals == ["StatusCode.UNAVAILABLE"]
             assert in_flight.result().as_numpy("mask").shape == (1, 30, 40)
+        assert api.proc is not None
+        assert api.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        api.stop()
+
+
+def test_sigterm_drains_grpc_beside_http_not_after_it(
+        tiny_model_repo: Path, redis_server: Server, tmp_path: Path) -> None:
+    """uvicorn runs the app's shutdown only once its HTTP requests are done. Had gRPC waited for
+    that, it would take new calls for as long as a slow upload lasts, then drain for as long
+    again, past the pod's grace period (which counts one shutdown timeout). Here an HTTP
+    request is still uploading when SIGTERM arrives: a new gRPC call is refused meanwhile, and
+    the upload is still answered once it completes."""
+    api = start_grpc_api(tiny_model_repo, tmp_path, f"redis://127.0.0.1:{redis_server.port}/0",
+                         cache_enabled="false", stage_poll_seconds=0,
+                         body_timeout_seconds=120, shutdown_timeout_seconds=60)
+    try:
+        body = photo(13, (40, 30))
+        head = (f"POST /v1/segment HTTP/1.1\r\nHost: maskfleet\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", api.port), timeout=60) as upload:
+            upload.sendall(head + body[:16])  # the rest of the body comes after SIGTERM
+            wait_until(lambda: metric(api, "maskfleet_http_requests_in_flight") == 1, 30,
+                       "the upload in flight")
+            api.signal(signal.SIGTERM)
+            refusals: list[str] = []
+
+            def refused() -> bool:
+                with triton.InferenceServerClient(target(api)) as late:
+                    try:
+                        late.infer("unet", [uint8_input(pixels_of(14)[np.newaxis])],
+                                   client_timeout=10)
+                    except InferenceServerException as error:
+                        refusals.append(str(error.status()))
+                        return True
+                return False
+
+            wait_until(refused, 30, "a new gRPC call refused while the upload is in flight")
+            assert refusals == ["StatusCode.UNAVAILABLE"]
+            upload.sendall(body[16:])
+            reply = b""
+            while chunk := upload.recv(65536):
+                reply += chunk
+        status_line, _, rest = reply.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 200 OK", reply[:300]
+        assert rest.split(b"\r\n\r\n", 1)[1].startswith(b"\x89PNG")
         assert api.proc is not None
         assert api.proc.wait(30) in (0, -signal.SIGTERM)
     finally:

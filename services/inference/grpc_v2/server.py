@@ -1,7 +1,9 @@
 """The gRPC server: OIP v2 and `grpc.health.v1` on `grpc_port`, in the API's own process.
 
-Started and stopped by the app's lifespan (`..app`), on the same event loop as uvicorn, so
-both transports share the model holder, batcher, cache, codec pool and pixel budget. Limits
+Started by the app's lifespan (`..app`), on the same event loop as uvicorn, so both transports
+share the model holder, batcher, cache, codec pool and pixel budget. Its drain begins the moment
+uvicorn's shutdown does (`begin_stop`, from `..__main__`), beside the HTTP drain, and the
+lifespan waits for it before stopping the batcher. Limits
 gRPC enforces itself: `max_body_bytes` as the largest request message (RESOURCE_EXHAUSTED
 beyond), `max_header_bytes` as the metadata limit and `grpc_max_concurrent_rpcs`.
 
@@ -77,6 +79,7 @@ class GrpcServer:
                                   authorize=authorize)
         self._server: grpc.aio.Server | None = None
         self._follow: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
@@ -100,8 +103,24 @@ class GrpcServer:
         self._follow = asyncio.create_task(self._health.follow())
         return port
 
+    def begin_stop(self) -> None:
+        """Refuse new calls from now on and drain those in flight, without waiting for them.
+
+        uvicorn runs the lifespan's shutdown only after its HTTP connections have drained (up
+        to `shutdown_timeout_seconds`); stopping gRPC only then would keep taking new calls all
+        that time and drain for as long again, past the pod's grace period. Called when
+        uvicorn's shutdown begins, both drains share one `shutdown_timeout_seconds`.
+        """
+        if self._server is not None and self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
+
     async def stop(self) -> None:
         """Refuse new calls, let those in flight finish (bounded), then close."""
+        self.begin_stop()
+        if self._stopping is not None:
+            await self._stopping
+
+    async def _stop(self) -> None:
         if self._server is None:
             return
         if self._follow is not None:
