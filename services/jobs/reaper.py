@@ -4,9 +4,11 @@ Every worker process runs one (a daemon thread, every `job_heartbeat_seconds`); 
 make each expired lease handled by exactly one of them. Three duties:
 - a chunk whose lease expired gets a new chunk message (the old one stays unacknowledged in
   Celery until its visibility timeout, then arrives as a duplicate that skips itself);
-- a chunk message a worker took and still holds unacknowledged after `job_lease_seconds`,
-  while its chunk was never started (no attempt, not recorded), goes back on the queue: its
-  worker died between taking it and leasing the chunk, so there is no lease to expire;
+- a chunk message a worker took and still holds unacknowledged after `job_lease_seconds`
+  goes back on the queue when nothing else would move its job on (`JobStore.orphaned`): its
+  chunk was never started (the worker died between taking it and leasing the chunk, so there
+  is no lease to expire), or it was recorded while the job is still unfinished (the worker
+  died before writing the job's manifest; the redelivered message finishes the job);
 - a job left `queued` without all of its chunk messages sent (the API answered 503 because the
   queue or Redis failed mid-submission) is failed with a reason once it is older than
   `job_submit_grace_seconds`, which releases its output lock. Its caller never received a job
@@ -80,14 +82,14 @@ class Reaper:
 
     def restore_untouched(self) -> list[Delivery]:
         """Put back on the queue the chunk messages held unacknowledged for longer than a lease
-        whose chunk was never started; returns them."""
+        that nothing else would hand on (`JobStore.orphaned`); returns them."""
         if self.taken is None:
             return []
         restored = []
         for delivery in self.taken.taken(older_than=self.leases.lease_ms / 1000):
-            if self.store.never_started(delivery.job_id, delivery.chunk):
+            if self.store.orphaned(delivery.job_id, delivery.chunk):
                 self.taken.restore(delivery)
-                log.warning("chunk requeued: its worker died before starting it", extra={
+                log.warning("chunk message requeued: its worker died holding it", extra={
                     "job_id": delivery.job_id, "chunk": delivery.chunk})
                 restored.append(delivery)
         return restored

@@ -237,15 +237,20 @@ class JobStore:
         workers = self.redis.hgetall(key(job_id, "workers"))
         return {int(c): (int(n), text(workers.get(c, ""))) for c, n in attempts.items()}
 
-    def never_started(self, job_id: str, chunk: int) -> bool:
-        """The job still runs (or waits) and no worker ever leased or recorded this chunk."""
+    def orphaned(self, job_id: str, chunk: int) -> bool:
+        """The job still runs (or waits), and this chunk's held message is all that can move it
+        on: no worker ever leased or recorded the chunk (no lease will expire), or the chunk
+        was recorded and the job is still unfinished (its worker died between recording the
+        chunk and writing the job's manifest; the message's redelivery finishes the job, see
+        `ChunkRunner.run`). A chunk leased and not recorded is the lease's to take back."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(key(job_id), "state")
         pipe.sismember(key(job_id, "chunks"), str(chunk))
         pipe.hexists(key(job_id, "attempts"), chunk)
         state, recorded, attempted = pipe.execute()
-        return (text(state) if state else "") in (JobState.QUEUED.value, JobState.RUNNING.value) \
-            and not recorded and not attempted
+        if (text(state) if state else "") not in (JobState.QUEUED.value, JobState.RUNNING.value):
+            return False
+        return bool(recorded) or not attempted
 
     def succeed(self, job_id: str, manifest: str) -> bool:
         return self._move(job_id, JobState.SUCCEEDED, manifest=manifest)

@@ -68,16 +68,18 @@ class Stack:
         endpoint = RedisEndpoint.build("state", self.state_url, SecretStr(PASSWORD))
         return JobStore(endpoint.client(decode_responses=True))
 
+    def worker_env(self, **settings: object) -> dict[str, str]:
+        return {"MASKFLEET_STATE_REDIS_URL": self.state_url,
+                "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
+                "MASKFLEET_MODEL_REPOSITORY": str(self.repo),
+                "MASKFLEET_CACHE_DIR": str(self.logs / "worker-cache"),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()}}
+
     def start_worker(self, **settings: object) -> Server:
         """The only worker, always with the same node name and hostname."""
         port = free_port()
-        env = {"MASKFLEET_STATE_REDIS_URL": self.state_url,
-               "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
-               "MASKFLEET_MODEL_REPOSITORY": str(self.repo),
-               "MASKFLEET_WORKER_METRICS_PORT": str(port),
-               "MASKFLEET_CACHE_DIR": str(self.logs / "worker-cache"),
-               "TF_CPP_MIN_LOG_LEVEL": "2",
-               **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()}}
+        env = self.worker_env(worker_metrics_port=port, **settings)
         worker = Server([CELERY, "-A", "services.worker.app", "worker", "--pool=solo",
                          "--concurrency=1", "-Q", "maskfleet", "--without-mingle",
                          "--without-gossip", "--loglevel=INFO", "-n", NODE], port,
@@ -330,3 +332,49 @@ def test_a_worker_killed_after_taking_a_chunk_but_before_leasing_it_costs_second
     assert job["totals"] == {"images": 3, "done": 3, "failed": 0}
     assert [x.input for x in manifest_inputs(job)] == inputs
     assert store.chunk_attempts(job_id)[0][0] == 1  # started once: a restore, not a crash
+
+
+RECORD_AND_DIE = """
+import os, signal, sys
+from services.jobs.broker import QUEUE, make_celery
+from services.jobs.chunk import ChunkRunner
+from services.worker.runtime import WorkerRuntime
+from services.worker.settings import WorkerSettings
+runtime = WorkerRuntime(WorkerSettings())
+app = make_celery(runtime.settings.state_redis())
+with app.connection_for_write() as connection:
+    taken = connection.default_channel.basic_get(QUEUE, no_ack=False)  # as a consumer takes one
+    assert taken is not None, "no chunk message to take"
+    # the worker's own chunk run, killed where it would write the job's manifest
+    ChunkRunner._finish_if_complete = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+    runtime.runner.run(sys.argv[1], 0)
+"""
+
+
+def test_a_worker_killed_after_recording_the_last_chunk_costs_seconds(
+    stack: Stack, http: httpx.Client, tmp_path: Path,
+) -> None:
+    """A worker that recorded a job's last chunk and died before writing the job's manifest
+    left the job running with every chunk done, and its output locked: no lease was left to
+    expire, and only the transport's visibility timeout (an hour) handed the message on. The
+    reaper now puts that message back after one lease time; its redelivery finishes the job."""
+    if stack.worker is not None:  # nobody may consume the message before the dying worker
+        stack.worker.stop()
+        stack.worker = None
+    store = stack.store()
+    inputs = images(tmp_path / "in", 3, 700)
+    output = tmp_path / "out"
+    job_id = submit(http, inputs, output, chunk_size=3)
+    dying = subprocess.run([sys.executable, "-c", RECORD_AND_DIE, job_id],
+                           env={**os.environ, **stack.worker_env(), "PYTHONPATH": str(REPO)},
+                           timeout=180, capture_output=True, text=True)
+    assert dying.returncode == -signal.SIGKILL, dying.stderr
+    assert store.chunks_done(job_id) == 1  # recorded ...
+    assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "running"  # ... and never finished
+    stack.start_worker(job_lease_seconds=3, job_heartbeat_seconds=1)
+    job = finished(http, job_id)  # within JOB_TIMEOUT, far below the 3600 s visibility timeout
+    assert job["state"] == "succeeded", job
+    assert job["totals"] == {"images": 3, "done": 3, "failed": 0}
+    assert [x.input for x in manifest_inputs(job)] == inputs
+    assert store.chunk_attempts(job_id)[0][0] == 1  # run once: the redelivery only finished it
+    assert store.redis.get(f"maskfleet:output:{output}") is None  # the output is free again
