@@ -35,7 +35,7 @@ def media_type(headers: Headers) -> str:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) more than `limit` bytes, declared or actual."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body has {declared} bytes; at most {limit} are accepted")
     chunks: list[bytes] = []
     size = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
@@ -78,6 +79,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return problem_response(request, InvalidRequest(detail or None))
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: MaskfleetError
@@ -95,6 +99,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = MaskfleetError(str(exc.detail))
         error.status, error.code = exc.status_code, f"http_{exc.status_code}"
+        error.title = _PHRASES.get(exc.status_code, "Error")  # not the base class's 500 title
     response = problem_response(request, error)
     response.headers.update(exc.headers or {})
     return response

@@ -188,11 +188,16 @@ def choose_outputs(names: Sequence[tuple[str, bool]], default_binary: bool) -> d
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    if not _ascii_digits(header_length) or not 0 < int(header_length) <= len(body):
         raise InvalidInferenceRequest(
             f"{HEADER_LENGTH} must be a length within the body ({len(body)} bytes)")
     n = int(header_length)
     return body[:n], body[n:]
+
+
+def _ascii_digits(text: str) -> bool:
+    """`str.isdigit` also accepts superscripts and other scripts' digits, which `int` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _binary_slice(tensor: TensorInput, binary: bytes) -> bytes | None:

@@ -5,8 +5,9 @@ uvicorn (with httptools) buffers a request head of any size and waits for a head
 forever: one client can hold a 64 MiB header in memory, and a few hundred sockets sending a
 byte now and then keep connections and requests open indefinitely. These guards sit in the
 transport, before any ASGI code runs, so they also hold when the application is busy:
-- a head larger than `max_header_bytes` gets 431 and the connection is closed (at most one
-  read beyond the limit is ever buffered);
+- a head larger than `max_header_bytes` gets 431 and the connection is closed, checked on
+  every read before the parser sees it (so also the read that completes the head), and at
+  most one read beyond the limit is ever buffered;
 - a request head not complete within `header_timeout_seconds` of its first byte gets 408
   and the connection is closed;
 - a new connection that sends nothing is closed (silently) after `idle_timeout`, the same
@@ -18,7 +19,8 @@ front adds its own limits (docs/admission.md, "Gateway settings"); these hold wi
 
 Beyond `limit_concurrency` connections and requests uvicorn answers 503 itself, in plain
 text; here that answer is the API's problem+json 503 with `Retry-After`, like every other
-refusal, so clients and dashboards see one kind of "at capacity".
+refusal, so clients and dashboards see one kind of "at capacity". So is its 400 for a request
+the HTTP parser refuses (bad framing, methods, versions, header syntax).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from shared.errors import HeaderTooLarge, MaskfleetError, Overloaded, RequestTimeout
+from shared.errors import (
+    HeaderTooLarge,
+    InvalidInput,
+    MaskfleetError,
+    Overloaded,
+    RequestTimeout,
+)
 
 RETRY_AFTER_SECONDS = 1
 
@@ -45,6 +53,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
             super().__init__(*args, **kwargs)
             self._head_bytes = 0
             self._head_done = False
+            self._tail = b""  # the last bytes of the head so far: its end may span two reads
             self._timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
@@ -60,15 +69,21 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
                 if self._head_bytes == 0:  # the first byte of a head: its clock starts
                     self._arm(header_timeout, RequestTimeout(
                         f"no complete request head within {header_timeout:g} s"))
+                # the head's size up to its blank line, if this read holds it, else all of it
+                end = (self._tail + data).find(b"\r\n\r\n")
+                head = len(data) if end < 0 else end + 4 - len(self._tail)
+                if self._head_bytes + head > max_header_bytes:
+                    self._refuse(HeaderTooLarge(
+                        f"the request head exceeds {max_header_bytes} bytes"))
+                    return
                 self._head_bytes += len(data)
+                self._tail = (self._tail + data)[-3:]
             super().data_received(data)
-            if not self._head_done and self._head_bytes > max_header_bytes:
-                self._refuse(HeaderTooLarge(
-                    f"the request head exceeds {max_header_bytes} bytes"))
 
         def on_headers_complete(self) -> None:
             self._head_done = True
             self._head_bytes = 0
+            self._tail = b""
             self._arm(body_timeout, RequestTimeout(
                 f"the request body was not received within {body_timeout:g} s"))
             super().on_headers_complete()
@@ -82,6 +97,10 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
             self._disarm()
             self._head_done = False
             super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to what its parser refuses, as a problem (then closed)."""
+            self._refuse(InvalidInput(f"the HTTP request is malformed: {msg}"))
 
         def _arm(self, seconds: float, error: MaskfleetError | None) -> None:
             self._disarm()
@@ -116,7 +135,8 @@ def _problem_body(error: MaskfleetError, request_id: str) -> bytes:
 def _problem_bytes(error: MaskfleetError) -> bytes:
     request_id = uuid.uuid4().hex
     body = _problem_body(error, request_id)
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
+    reason = {400: b"Bad Request", 408: b"Request Timeout",
+              431: b"Request Header Fields Too Large"}.get(
         error.status, b"Error")
     head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\n"
             b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n"

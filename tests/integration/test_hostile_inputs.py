@@ -254,6 +254,45 @@ def test_an_oversized_request_head_gets_431_and_the_connection_closes(api, basel
     assert b"x-request-id" in answer.lower()
 
 
+@pytest.mark.parametrize("size", [17 * 1024, 60 * 1024])
+def test_a_head_over_the_limit_in_one_read_gets_431_too(api, baseline, size):
+    """The size used to be checked after the parser had taken the read, which had already
+    completed the head and reset the count: a head up to one socket read long got through."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * size + b"\r\n\r\n"
+    assert len(head) > 16 * 1024  # MASKFLEET_MAX_HEADER_BYTES' default
+    answer = raw_request(api, head)
+    assert status_of(answer) == 431
+    assert b"header_too_large" in answer
+    ok = raw_request(api, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Junk: "
+                     + b"a" * 15000 + b"\r\n\r\n")
+    assert status_of(ok) == 200  # under the limit, in one read, still served
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"FOO /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_requests_the_http_parser_refuses_get_a_problem_too(api, baseline, request_bytes):
+    answer = raw_request(api, request_bytes)
+    assert status_of(answer) == 400
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["code"] == "invalid_input"
+    assert problem["detail"].startswith("the HTTP request is malformed")
+
+
+def test_an_unparsable_json_body_is_a_400_not_titled_internal_error(api, baseline):
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(url(api, "/v1/jobs"), content=b'{"input": "\xff',
+                             headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.json()["title"] == "Bad Request"
+
+
 def test_unfinished_request_heads_are_closed_after_the_header_timeout(api, baseline):
     sockets = [socket.create_connection(("127.0.0.1", api.port)) for _ in range(100)]
     try:

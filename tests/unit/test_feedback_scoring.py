@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from services.inference.feedback.corrections import (
     read_correction,
     score,
 )
-from shared.errors import EmptyBody, InvalidMask
+from shared.errors import EmptyBody, InvalidMask, TooManyPixels
 from shared.masks import encode_png
 
 
@@ -73,6 +75,18 @@ def test_a_correction_of_the_wrong_size_or_values_is_invalid(body, fragment):
     with pytest.raises(InvalidMask, match=fragment) as raised:
         read_correction(body, (20, 10))
     assert raised.value.status == 422
+
+
+def test_a_correction_declaring_a_bomb_is_refused_as_too_many_pixels():
+    """Pillow's own DecompressionBombError is no OSError: it escaped as a 500."""
+    out = io.BytesIO()
+    Image.new("L", (16, 16), 1).save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    data[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    with pytest.raises(TooManyPixels) as raised:
+        read_correction(bytes(data), (20, 10))
+    assert raised.value.status == 413
 
 
 def test_an_empty_correction_is_a_bad_request():

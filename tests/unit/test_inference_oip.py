@@ -144,6 +144,9 @@ def uint8(shape: list[int], data: list | None = None, **extra) -> dict:
      InvalidInferenceRequest, "needs 2 images"),
     (b'{"inputs": []}', "500", InvalidInferenceRequest, "Inference-Header-Content-Length"),
     (b'{"inputs": []}', "ten", InvalidInferenceRequest, "Inference-Header-Content-Length"),
+    # digits to str.isdigit, not to int (was a 500)
+    (b'{"inputs": []}', "\u00b2", InvalidInferenceRequest, "Inference-Header-Content-Length"),
+    (b'{"inputs": []}', "\u0661\u0662", InvalidInferenceRequest, "Inference-Header-Content-Length"),
 ])
 def test_malformed_requests_are_refused_with_a_reason(body, header_length, error, fragment):
     with pytest.raises(MaskfleetError) as caught:

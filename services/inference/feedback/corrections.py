@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
-from shared.errors import InvalidMask, MaskfleetError, StorageError
+from shared.errors import InvalidMask, MaskfleetError, StorageError, TooManyPixels
 from shared.imaging import CLASS_NAMES, Mask, decode_mask
 from shared.masks import encode_png
 from shared.storage import join, storage_for
@@ -72,6 +72,8 @@ def read_correction(data: bytes, size: tuple[int, int]) -> Mask:
     try:
         with Image.open(io.BytesIO(data)) as image:
             found = image.size
+    except Image.DecompressionBombError:  # not an OSError: Pillow's own, raised by open
+        raise TooManyPixels("the mask declares far more pixels than allowed") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         found = None
     if found is not None and found != size:
