@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.metrics_server import serve_metrics
 
 HTTP_LABELS = ("route", "method", "status", "version", "variant", "protocol")
 """`protocol` is `http` (REST) or `grpc`: gRPC calls are counted in the same series, with the
@@ -96,8 +98,9 @@ class ApiMetrics:
 
 
 class MetricsServer:
-    """/metrics on its own port (prometheus_client's threaded server), off the API's port so
-    the Ingress never exposes it and scrapes never queue behind inference requests."""
+    """/metrics on its own port (`shared.metrics_server`: bounded threads and timeouts), off
+    the API's port so the Ingress never exposes it and scrapes never queue behind inference
+    requests."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self._registry = registry
@@ -107,7 +110,7 @@ class MetricsServer:
 
     def start(self) -> None:
         if self._port and self._server is None:
-            self._server, _ = start_http_server(self._port, self._host, self._registry)
+            self._server = serve_metrics(self._registry, self._host, self._port)
 
     def stop(self) -> None:
         if self._server is not None:
