@@ -150,7 +150,8 @@ def create_app(
     app.state.jobs = job_service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
-                       limits={jobs.router.prefix: settings.max_json_body_bytes})
+                       limits={jobs.router.prefix: settings.max_json_body_bytes},
+                       in_flight=settings.max_body_bytes_in_flight)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from shared.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     MaskfleetError,
     MethodNotAllowed,
@@ -28,6 +29,8 @@ from shared.errors import (
     PayloadTooLarge,
     RouteNotFound,
 )
+
+from .middleware import BodiesOverBudget
 
 PROBLEM_JSON = "application/problem+json"
 CLIENT_CLOSED = 499
@@ -50,7 +53,9 @@ def problem_response(request: Request, error: MaskfleetError) -> Response:
     if request.url.path.startswith("/v2"):
         body["error"] = error.detail
     # 503 while loading or draining is routine (probes poll it); other 5xx mean a failure
+    # as is a deadline the client chose itself (504)
     level = (logging.DEBUG if error.status == 503 else
+             logging.INFO if isinstance(error, DeadlineExceeded) else
              logging.ERROR if error.status >= 500 else logging.INFO)
     log.log(level, "request failed", extra={"status": error.status, "code": error.code,
                                             "detail": error.detail, "request_id": request_id,
@@ -96,6 +101,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return response
     elif exc.status_code == 413:  # middleware.BodyLimit
         error = PayloadTooLarge(str(exc.detail))
+    elif isinstance(exc, BodiesOverBudget):
+        error = Overloaded(str(exc.detail))
     else:
         error = MaskfleetError(str(exc.detail))
         error.status, error.code = exc.status_code, f"http_{exc.status_code}"

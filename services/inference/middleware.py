@@ -157,18 +157,35 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
+class BodiesOverBudget(HTTPException):
+    """Raised from `receive` (like `BodyTooLarge`) when the bodies being received together
+    would pass the process's budget; rendered as a 503 problem with Retry-After."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(503, f"the server is receiving {budget} bytes of request bodies "
+                              "already; retry shortly")
+
+
 class BodyLimit:
-    """The body limit of every route, enforced while the body streams in.
+    """The body limits of every route, enforced while the body streams in.
 
     A declared Content-Length over the limit fails the first read; a chunked or lying body
     fails the read that crosses it, so no more than `limit` bytes are ever buffered. Routes
     under a prefix in `limits` get that limit (JSON-only routes take far less than images).
+
+    Bodies are held whole until their request ends, so one limit per request does not bound
+    memory: 150 slow 16 MB uploads held 3.3 GB (the pixel budget counts decoded images only).
+    `in_flight` is the budget for the bytes of all requests at once; a read that would pass
+    it fails with 503, and a request's bytes count until its response is sent.
     """
 
-    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int]) -> None:
+    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int],
+                 in_flight: int) -> None:
         self.app = app
         self.default = default
         self.limits = sorted(limits.items(), key=lambda kv: -len(kv[0]))
+        self.in_flight = in_flight
+        self.held = 0  # one event loop: no lock needed
 
     def limit_for(self, path: str) -> int:
         for prefix, limit in self.limits:
@@ -182,20 +199,28 @@ class BodyLimit:
             return
         limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
-        seen = 0
+        seen = counted = 0
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, counted
             if declared is not None and declared > limit:
                 raise BodyTooLarge(limit)
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                seen += size
                 if seen > limit:
                     raise BodyTooLarge(limit)
+                if self.held + size > self.in_flight:
+                    raise BodiesOverBudget(self.in_flight)
+                self.held += size
+                counted += size
             return message
 
-        await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            self.held -= counted
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -293,6 +293,35 @@ def test_an_unparsable_json_body_is_a_400_not_titled_internal_error(api, baselin
     assert answer.json()["title"] == "Bad Request"
 
 
+def test_bodies_received_at_once_are_bounded_by_one_budget(
+        tiny_model_repo: Path, redis_server: Server, tmp_path: Path) -> None:
+    """Each body had its own limit but all of them together had none: 150 slow uploads of
+    16 MB held 3.3 GB. Beyond the budget a read is refused with 503, and the budget is
+    given back when a request ends."""
+    budget = 1_000_000
+    server = start_api(tiny_model_repo, tmp_path, f"redis://127.0.0.1:{redis_server.port}/3",
+                       stage_poll_seconds=0, body_timeout_seconds=60,
+                       max_body_bytes_in_flight=budget)
+
+    def upload(size: int) -> int:
+        body = b"\xff" * size
+        return status_of(raw_request(server, (
+            b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % size) + body))
+
+    with running(server), socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Connection: close\r\nContent-Length: 700000\r\n\r\n" + b"\xff" * 600_000)
+        refused: list[int] = []
+        # once the slow upload's 600 KB are in, 600 KB more do not fit in 1 MB
+        wait_until(lambda: refused.append(upload(600_000)) or refused[-1] == 503, 30,
+                   "an upload refused while the slow one holds most of the budget")
+        slow.sendall(b"\xff" * 100_000)
+        assert status_of(read_until_closed(slow, 30)) == 422  # served as it would be alone
+        assert upload(600_000) == 422  # its bytes were given back
+        assert upload(budget + 1) == 503  # more than the whole budget never fits
+
+
 def test_unfinished_request_heads_are_closed_after_the_header_timeout(api, baseline):
     sockets = [socket.create_connection(("127.0.0.1", api.port)) for _ in range(100)]
     try:
