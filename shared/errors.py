@@ -323,3 +323,20 @@ class GateRejected(MaskfleetError):
     status = 409
     code = "gate_rejected"
     title = "The model did not pass the quality gate"
+
+
+class OutsideFolder(StorageNotAllowed):
+    """A local write or read that would leave the folder it is confined to: a symlink on the
+    way, or the folder itself swapped for one after it was checked. Only a check made while
+    the file is opened (on the folder's descriptor) holds against such a swap."""
+
+    code = "outside_folder"
+    title = "The path leads outside the folder it must stay in"
+
+
+class NotAFile(InvalidStorageUri):
+    """A local path naming a FIFO, device or socket: reading one can block forever or never
+    end, so it is refused before a byte is read."""
+
+    code = "not_a_file"
+    title = "The path is not a regular file"

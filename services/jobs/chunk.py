@@ -23,7 +23,14 @@ import numpy.typing as npt
 from prometheus_client import Counter, Histogram
 
 from services.jobs import manifest
-from services.jobs.confinement import escapes, is_local
+from services.jobs.confinement import (
+    InputNotAllowed,
+    StoragePolicy,
+    escapes,
+    is_local,
+    read_check,
+    write_under,
+)
 from services.jobs.inputs import mask_uri
 from services.jobs.leases import ChunkLeases, Heartbeat, Lease, Refused
 from services.jobs.manifest import ErrorEntry, ManifestLine
@@ -35,7 +42,9 @@ from shared.errors import (
     JobNotFound,
     MaskfleetError,
     ObjectNotFound,
+    OutsideFolder,
     PayloadTooLarge,
+    StorageNotAllowed,
 )
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.model.runtime import SegmentationModel
@@ -45,8 +54,9 @@ from shared.storage import Storage, storage_for
 log = logging.getLogger(__name__)
 
 Status = Literal["succeeded", "skipped", "cancelled", "superseded"]
-Written = tuple[ManifestLine, "Future[Segmentation] | None"]
-"""A manifest line and the mask being finished and written for it (None: the item failed)."""
+Written = tuple[ManifestLine, "Future[Segmentation | MaskfleetError] | None"]
+"""A manifest line and the mask being finished and written for it (None: the item failed; an
+error: the mask could not be written where it belongs)."""
 ModelProvider = Callable[[str, int], SegmentationModel]
 
 
@@ -112,6 +122,12 @@ class ChunkRunner:
     worker: str = "local"
     metrics: ChunkMetrics | None = None
     storage: Callable[[str], Storage] = storage_for
+    policy: StoragePolicy | None = None
+    """The storage rules jobs were submitted under (`confinement.policy_from`, as the worker
+    builds it). Given, every image is read at most `max_image_bytes` at a time and only where
+    the rules (and a prefix job's own input folder) allow, checked on the file actually opened
+    (a symlink or a swapped folder cannot lead out). None (tests, tools): images are read with
+    a plain `read` and their size checked after; masks and manifests are confined either way."""
     leases: ChunkLeases | None = None
     """Built on the store's Redis with `lease_seconds` when not given."""
     lease_seconds: float = 30.0
@@ -281,16 +297,45 @@ class ChunkRunner:
             settle_and_save(writing)
         return lines
 
-    def _read(self, uri: str) -> bytes | MaskfleetError:
-        """An image's bytes, or the per-item error; other storage errors retry the chunk."""
+    def _read(self, plan: JobPlan, uri: str) -> bytes | MaskfleetError:
+        """An image's bytes, or the per-item error; other storage errors retry the chunk.
+
+        The plan file names the inputs, and the caller may edit it (or swap folders for
+        links) after submission, so the rules are checked again here, on what is opened."""
         try:
-            data = self.storage(uri).read(uri)
-        except (ObjectNotFound, InvalidStorageUri) as exc:  # this item's fault: record it
+            if self.policy is not None:
+                data = self.storage(uri).read_checked(uri, self.max_image_bytes,
+                                                      self._input_check(plan, uri))
+            else:
+                data = self.storage(uri).read(uri)
+        # this item's fault: record it (a FIFO is a NotAFile, an InvalidStorageUri)
+        except (ObjectNotFound, InvalidStorageUri, StorageNotAllowed, PayloadTooLarge) as exc:
             return exc
         if len(data) > self.max_image_bytes:
             return PayloadTooLarge(f"{len(data)} bytes is more than the {self.max_image_bytes} "
                                    "allowed per image")
         return data
+
+    def _input_check(self, plan: JobPlan, uri: str) -> Callable[[str], None] | None:
+        """Reads land under an allowed input prefix and, for a prefix job, under its folder.
+
+        A worker configured without input prefixes (the API refuses every job then, so only a
+        worker whose settings differ from the API's) can check a prefix job's folder only."""
+        assert self.policy is not None
+
+        def refuse(where: str) -> MaskfleetError:
+            return InputNotAllowed(f"input {uri!r} leads to {where!r}, outside the job's "
+                                   "input folders; not read")
+
+        checks = [read_check(prefixes, refuse) for prefixes in (
+            (plan.input.prefix,) if plan.input.prefix else (), self.policy.inputs) if prefixes]
+        if not checks:
+            return None
+
+        def check(where: str) -> None:
+            for one in checks:
+                one(where)
+        return check
 
     def _load(self, plan: JobPlan, uri: str, size: int) -> Prepared | MaskfleetError:
         """Read and decode one image (in an I/O thread); bad bytes, or a mask that would land
@@ -299,7 +344,7 @@ class ChunkRunner:
         The output check resolves the mask's path (`realpath`: a system call per folder), so
         it runs here and not on the thread that drives the model (see `_segment_chunk`).
         """
-        data = self._read(uri)
+        data = self._read(plan, uri)
         if isinstance(data, MaskfleetError):
             return data
         try:
@@ -332,8 +377,8 @@ class ChunkRunner:
                 continue
             assert isinstance(item, Prepared)
             line.output = mask_uri(uri, plan.output, plan.base)  # `_load` checked it
-            written.append((line, pool.submit(self._finish_and_write, line.output, result,
-                                              item.original)))
+            written.append((line, pool.submit(self._finish_and_write, plan.output, line.output,
+                                              result, item.original)))
         return written
 
     def _class_ids(self, model: SegmentationModel, good: list[Prepared],
@@ -354,15 +399,21 @@ class ChunkRunner:
                 results.append(InternalItemError(f"{type(exc).__name__}: {exc}"))
         return results
 
-    def _finish_and_write(self, uri: str, class_ids: npt.NDArray[np.int32],
-                          original: tuple[int, int]) -> Segmentation:
+    def _finish_and_write(self, output: str, uri: str, class_ids: npt.NDArray[np.int32],
+                          original: tuple[int, int]) -> Segmentation | MaskfleetError:
+        """The finished mask, written; a write refused because it would leave `output` (a
+        folder swapped for a symlink since `_load` checked it) is the item's error."""
         result = finish(class_ids, original)
-        self._write_mask(uri, result)
+        try:
+            self._write_mask(output, uri, result)
+        except OutsideFolder as exc:
+            return EscapesOutput(f"the mask {uri!r} would land outside {output}: "
+                                 f"{exc.detail}")
         _ = result.fractions  # counted here, not when the model's thread settles the line
         return result
 
-    def _write_mask(self, uri: str, result: Segmentation) -> None:
-        self.storage(uri).write(uri, result.png, "image/png")
+    def _write_mask(self, output: str, uri: str, result: Segmentation) -> None:
+        write_under(self.storage(uri), output, uri, result.png, "image/png")
 
     def _finish_if_complete(self, plan: JobPlan, chunks_done: int) -> None:
         if chunks_done != plan.chunks:
@@ -403,5 +454,9 @@ def _settle(written: list[Written]) -> None:
     for line, future in written:
         if future is not None:
             result = future.result()
+            if isinstance(result, MaskfleetError):
+                line.output = None
+                line.error = ErrorEntry(code=result.code, detail=result.detail)
+                continue
             line.width, line.height = result.width, result.height
             line.class_fractions = result.fractions

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from shared.errors import InvalidJob, StorageNotAllowed
+from services.jobs.settings import JobSettings
+from shared.errors import InvalidJob, MaskfleetError, StorageNotAllowed
+from shared.storage.base import Storage, relative_parts
 
 GS = "gs://"
 FILE = "file://"
@@ -73,7 +75,10 @@ def normalise(uri: str) -> str:
     """The one spelling of `uri` every check and every read/write uses (see module doc)."""
     if not uri or _CONTROL.search(uri):
         raise InvalidJob(f"{uri!r} is empty or has control characters")
-    decoded = unquote(uri, errors="strict")
+    try:
+        decoded = unquote(uri, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidJob(f"{uri!r} percent-encodes bytes that are not UTF-8") from None
     if _ENCODED.search(decoded) or _CONTROL.search(decoded):
         raise InvalidJob(f"{uri!r} is percent-encoded twice or encodes control characters")
     if decoded.startswith(GS):
@@ -108,10 +113,14 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def escapes(target: str, output: str) -> bool:
-    """A mask URI (from a listed object name) that would not land inside `output`."""
+    """A mask URI (from a listed object name) that would not land inside `output`.
+
+    Resolving a local path asks the disk, which may fail (a folder removed meanwhile, a name
+    too long): such a mask escapes too, so the item fails and not the whole job. The write
+    itself is confined again (`write_under`); this check only refuses early."""
     try:
         return normalise(target) != target.rstrip("/") or not under(target, output)
-    except InvalidJob:
+    except (InvalidJob, OSError, ValueError):
         return True
 
 
@@ -167,3 +176,46 @@ class StoragePolicy:
 
 def _listed(prefixes: tuple[str, ...]) -> str:
     return ", ".join(prefixes) if prefixes else "none configured"
+
+
+def read_check(prefixes: Sequence[str],
+               refuse: Callable[[str], MaskfleetError]) -> Callable[[str], None]:
+    """A storage read `check` (see `Storage.read_checked`): where a read really lands must be
+    under one of `prefixes` (normalised), else `refuse(where)` is raised.
+
+    For a local file, `where` is the path the kernel opened, already free of links and `..`,
+    so it is compared as it is (no `realpath`, which costs a system call per folder); a
+    gs:// URI is normalised (lexically) first."""
+    def check(where: str) -> None:
+        found = where
+        if where.startswith(GS):
+            try:
+                found = normalise(where)
+            except InvalidJob:
+                raise refuse(where) from None
+        if not any(under(found, prefix) for prefix in prefixes):
+            raise refuse(where)
+    return check
+
+
+def write_under(storage: Storage, root: str, uri: str, data: bytes, content_type: str) -> None:
+    """Write `uri` inside the job output `root` (normalised) and nowhere else.
+
+    Local outputs are written through descriptors from `root` down (`write_within`), so a
+    folder swapped for a symlink after any earlier check refuses the write (`OutsideFolder`).
+    Object names hold no links: there the spelling is the whole check, then a plain write."""
+    if is_local(root):
+        storage.write_within(root, uri, data, content_type)
+        return
+    relative_parts(root, uri)
+    storage.write(uri, data, content_type)
+
+
+def policy_from(settings: JobSettings, protected: Sequence[str] = ()) -> StoragePolicy:
+    """The policy `settings` configure, as the API's job service and the worker both use it;
+    `protected` adds prefixes no job may write (the API's feedback prefix and dataset)."""
+    return StoragePolicy.build(
+        inputs=settings.job_input_prefixes, outputs=settings.job_output_prefixes,
+        overwrite=settings.job_overwrite_prefixes,
+        protected=(settings.model_repository, *settings.job_protected_prefixes, *protected),
+        allow_local=settings.environment != "production")

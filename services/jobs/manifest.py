@@ -3,6 +3,10 @@
 Lines are serialised from a fixed model in a fixed order, so a redelivered chunk rewrites
 byte-identical manifests. The job manifest is the chunk manifests concatenated in chunk order,
 so every input appears exactly once, in the job's input order.
+
+They live under the job's output, which the caller can change under a running job: every
+write goes through `write_under` (never through a symlink swapped in there), and every read
+is of a regular file inside the output, of a size bounded by the job's image count.
 """
 
 from __future__ import annotations
@@ -11,13 +15,32 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel
 
+from services.jobs.confinement import read_check, write_under
 from services.jobs.records import JobPlan
-from shared.errors import InvalidJob, ObjectNotFound
+from shared.errors import InvalidJob, ObjectNotFound, OutsideFolder, StorageNotAllowed
 from shared.storage import Storage, join, storage_for
 
 MANIFEST = "manifest.jsonl"
 CHUNK_FOLDER = "_manifests"
 PLAN_FILE = "job.json"
+MAX_LINE_BYTES = 64 * 1024
+"""Most bytes one manifest line (or plan entry) may take: two URIs of at most 2048 characters
+and an error detail of at most 1024, escaped, with room to spare. Bounds manifest reads."""
+
+
+def max_bytes(lines: int) -> int:
+    """Largest manifest (or plan file) of `lines` lines that is read at all."""
+    return (lines + 1) * MAX_LINE_BYTES
+
+
+def read_output(output: str, uri: str, limit: int,
+                storage: Callable[[str], Storage] = storage_for) -> bytes:
+    """A manifest or plan file under the job's `output`: a regular file really inside it (no
+    symlink out of it), of at most `limit` bytes."""
+    def refuse(where: str) -> StorageNotAllowed:
+        return OutsideFolder(f"{uri} leads to {where}, outside the job's output; not read")
+
+    return storage(uri).read_checked(uri, limit, read_check((output,), refuse))
 
 
 class ErrorEntry(BaseModel):
@@ -63,8 +86,11 @@ class PlanFile(BaseModel):
 def write_plan(plan: JobPlan, inputs: list[str],
                storage: Callable[[str], Storage] = storage_for) -> str:
     uri = plan_uri(plan.output)
-    storage(uri).write(uri, PlanFile(plan=plan, inputs=inputs).model_dump_json().encode(),
-                       "application/json")
+    data = PlanFile(plan=plan, inputs=inputs).model_dump_json().encode()
+    try:
+        write_under(storage(uri), plan.output, uri, data, "application/json")
+    except OutsideFolder as exc:  # swapped for a link since it was resolved: refuse the job
+        raise InvalidJob(f"cannot write to output {plan.output}: {exc.detail}") from exc
     return uri
 
 
@@ -72,7 +98,8 @@ def read_plan_inputs(plan: JobPlan, storage: Callable[[str], Storage] = storage_
     """The job's inputs; refuses a plan file that another job has overwritten since."""
     uri = plan_uri(plan.output)
     try:
-        found = PlanFile.model_validate_json(storage(uri).read(uri))
+        found = PlanFile.model_validate_json(
+            read_output(plan.output, uri, max_bytes(plan.images), storage))
     except ObjectNotFound as exc:
         raise InvalidJob(f"the plan file {uri} is missing") from exc
     if found.plan.id != plan.id or len(found.inputs) != plan.images:
@@ -92,7 +119,7 @@ def decode(data: bytes) -> list[ManifestLine]:
 def write_chunk_manifest(plan: JobPlan, index: int, lines: list[ManifestLine],
                          storage: Callable[[str], Storage] = storage_for) -> str:
     uri = chunk_manifest_uri(plan.output, index)
-    storage(uri).write(uri, encode(lines), "application/jsonl")
+    write_under(storage(uri), plan.output, uri, encode(lines), "application/jsonl")
     return uri
 
 
@@ -103,7 +130,7 @@ def assemble(plan: JobPlan, storage: Callable[[str], Storage] = storage_for) -> 
         uri = chunk_manifest_uri(plan.output, index)
         start, stop = plan.chunk_bounds(index)
         try:
-            data = storage(uri).read(uri)
+            data = read_output(plan.output, uri, max_bytes(stop - start), storage)
         except ObjectNotFound as exc:
             raise InvalidJob(f"chunk manifest {uri} is missing") from exc
         found = sum(1 for raw in data.splitlines() if raw.strip())
@@ -112,5 +139,5 @@ def assemble(plan: JobPlan, storage: Callable[[str], Storage] = storage_for) -> 
                              " (was the output overwritten by another job?)")
         parts.append(data)
     target = job_manifest_uri(plan.output)
-    storage(target).write(target, b"".join(parts), "application/jsonl")
+    write_under(storage(target), plan.output, target, b"".join(parts), "application/jsonl")
     return target

@@ -10,6 +10,7 @@ error with its reason. If even the discard fails (Redis gone), the reaper fails 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 import redis
 
 from services.jobs import manifest
-from services.jobs.confinement import OutputNotEmpty, StoragePolicy
+from services.jobs.confinement import OutputNotEmpty, StoragePolicy, is_local, under
 from services.jobs.inputs import chunk_count, resolve_inputs
 from services.jobs.leases import ChunkLeases
 from services.jobs.reaper import Reaper
@@ -127,15 +128,16 @@ class JobService:
         if overwrite:
             return
         try:
-            existing = self.storage(output).list(folder(output))
+            existing = _first_object(output) if is_local(output) else next(
+                iter(self.storage(output).list(folder(output))), None)
         except ObjectNotFound:
             return
         except StorageError as exc:
             raise InvalidJob(f"cannot list output {output}: {exc.detail}") from None
         if existing:
             raise OutputNotEmpty(
-                f"output {output} already holds {len(existing)} object(s), e.g. "
-                f"{existing[0]}; a job never overwrites them: choose an empty output, or pass "
+                f"output {output} already holds objects, e.g. {existing}; a job never "
+                "overwrites them: choose an empty output, or pass "
                 '"overwrite": true under an output prefix that allows it')
 
     def submit(self, request: JobRequest, submitted_by: str = "anonymous") -> JobStatus:
@@ -144,6 +146,9 @@ class JobService:
             raise InvalidJob(f"chunk_size {chunk_size} is above the maximum "
                              f"{self.settings.job_max_chunk_size}")
         source, output = self.confine(request)
+        if request.overwrite and isinstance(source, str) and under(output, source):
+            raise InvalidJob(f"output {output} is inside the input {source}: overwriting there "
+                             "could replace images of the input; choose an output outside it")
         model = self._pin_model(request)
         self._refuse_overwrite(output, request.overwrite)
         inputs = resolve_inputs(source, output, allow_local=self.allow_local,
@@ -230,3 +235,24 @@ class JobService:
             log.warning("job output not writable",
                         extra={"output": plan.output, "error": exc.detail[:1024]})
             raise InvalidJob(f"cannot write to output {plan.output}") from exc
+
+
+def _first_object(output: str) -> str | None:
+    """Any entry under a local output folder, hidden files and symlinks included (the storage
+    listing skips hidden files, which are in-flight writes there, but a caller's dotfile is
+    still theirs to lose); stops at the first, so a huge folder costs no full listing."""
+    path = output.removeprefix("file://")
+    try:
+        for root, folders, files in os.walk(path, onerror=_raise):
+            links = [f for f in folders if os.path.islink(os.path.join(root, f))]
+            for name in files + links:
+                return os.path.join(root, name)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (writing will tell more)
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot list {output[:200]}: {exc.strerror}") from exc
+    return None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc

@@ -45,14 +45,24 @@ JOB_PARTS = ("chunks", "errors", "attempts", "workers", "leases", "crashes", "pr
 def lease_member(job_id: str, index: int) -> str:
     return f"{job_id}:{index}"
 
-# KEYS: job, active, lock. ARGV: job id, plan JSON, images, created_at.
-# Returns '' when recorded, else the id of the unfinished job holding the output.
-# The shebang makes Redis refuse the whole call up front when it is out of memory, so a full
-# Redis never holds half a job.
+# KEYS: job, active, lock. ARGV: job id, plan JSON, images, created_at, lock prefix, job
+# key prefix. Returns '' when recorded, else the id of an unfinished job whose output is this
+# output, or a folder inside it, or a folder around it (two jobs writing nested folders would
+# overwrite each other's masks and manifests). The shebang makes Redis refuse the whole call
+# up front when it is out of memory, so a full Redis never holds half a job.
 _CREATE = """#!lua
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] and redis.call('SISMEMBER', KEYS[2], holder) == 1 then
   return holder
+end
+local function inside(a, b) return a == b or string.sub(a, 1, #b + 1) == b .. '/' end
+local mine = string.sub(KEYS[3], #ARGV[5] + 1)
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local lock = id ~= ARGV[1] and redis.call('HGET', ARGV[6] .. id, 'lock')
+  if lock then
+    local other = string.sub(lock, #ARGV[5] + 1)
+    if inside(mine, other) or inside(other, mine) then return id end
+  end
 end
 redis.call('SET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], 'plan', ARGV[2], 'state', 'queued', 'done', 0, 'failed', 0,
@@ -163,15 +173,16 @@ class JobStore:
         return holder if holder and self.redis.sismember(ACTIVE, holder) else None
 
     def create(self, plan: JobPlan) -> None:
-        """Record a queued job and lock its output, in one step; refuse an output prefix
-        another unfinished job writes to."""
+        """Record a queued job and lock its output, in one step; refuse an output another
+        unfinished job writes to, in, or around (one scan of the unfinished jobs)."""
         lock = OUTPUT_LOCK + plan.output.rstrip("/")
         holder = text(self._create(
             keys=[key(plan.id), ACTIVE, lock],
-            args=[plan.id, plan.model_dump_json(), plan.images, plan.created_at.isoformat()]))
+            args=[plan.id, plan.model_dump_json(), plan.images, plan.created_at.isoformat(),
+                  OUTPUT_LOCK, PREFIX]))
         if holder:
-            raise OutputInUse(f"output {plan.output} is being written by unfinished job "
-                              f"{holder}; cancel it or choose another output")
+            raise OutputInUse(f"output {plan.output} is, contains or lies inside the output of "
+                              f"unfinished job {holder}; cancel it or choose another output")
 
     def discard(self, plan: JobPlan) -> None:
         """Forget a job whose submission failed after `create`: no record, no output lock."""

@@ -12,10 +12,9 @@ import socket
 from functools import cached_property
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from services.jobs.broker import QUEUE
 from services.jobs.chunk import ChunkOutcome, ChunkRunner
+from services.jobs.confinement import policy_from
 from services.jobs.leases import ChunkLeases
 from services.jobs.reaper import Enqueue, Reaper
 from services.jobs.store import JobStore
@@ -24,6 +23,7 @@ from services.worker.models import ModelCache
 from services.worker.settings import WorkerSettings
 from shared.cpu import thread_count
 from shared.errors import MaskfleetError
+from shared.metrics_server import serve_metrics
 from shared.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,16 @@ class WorkerRuntime:
     @cached_property
     def runner(self) -> ChunkRunner:
         s = self.settings
+        if not s.job_input_prefixes:
+            log.warning("no job input prefixes configured on the worker: list jobs' inputs "
+                        "are read unchecked; set MASKFLEET_JOB_INPUT_PREFIXES as on the API")
         return ChunkRunner(
             self.store, self.models, batch_size=s.model_batch_size, max_pixels=s.max_pixels,
             max_image_bytes=s.max_image_bytes, io_threads=s.io_threads,
             local_io_threads=s.local_io_threads or thread_count(s.cpu_limit),
             worker=f"{socket.gethostname()}:{os.getpid()}", metrics=self.metrics,
             leases=self.leases, heartbeat_seconds=s.job_heartbeat_seconds,
-            max_attempts=s.job_max_attempts,
+            max_attempts=s.job_max_attempts, policy=policy_from(s),
         )
 
     def warm_up(self) -> None:
@@ -102,7 +105,7 @@ class WorkerRuntime:
         if not port:
             return
         try:
-            start_http_server(port, registry=self.metrics.registry)
+            serve_metrics(self.metrics.registry, "0.0.0.0", port)
         except OSError as exc:
             log.warning("metrics port is taken; run one worker process per pod (--pool=solo)",
                         extra={"port": port, "error": str(exc)})

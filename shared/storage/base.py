@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+from shared.errors import OutsideFolder
+
+ReadCheck = Callable[[str], None]
+"""Called with where a read really lands (the path the kernel opened for a local file, with
+every symlink followed; the URI on GCS); raises to refuse the read."""
 
 
 class Storage(Protocol):
@@ -11,7 +18,18 @@ class Storage(Protocol):
 
     def read(self, uri: str) -> bytes: ...
 
+    def read_checked(self, uri: str, max_bytes: int, check: ReadCheck | None = None) -> bytes:
+        """The object's bytes, refusing (`PayloadTooLarge`) one above `max_bytes` before more
+        than `max_bytes + 1` of it is read, and whatever `check` refuses."""
+        ...
+
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None: ...
+
+    def write_within(self, root: str, uri: str, data: bytes,
+                     content_type: str | None = None) -> None:
+        """Write `uri`, which must lie inside the folder `root`, so that it cannot land outside
+        it even if a folder on the way is swapped for a link meanwhile (`OutsideFolder`)."""
+        ...
 
     def exists(self, uri: str) -> bool: ...
 
@@ -42,3 +60,13 @@ def folder(uri: str) -> str:
 
 def basename(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def relative_parts(root: str, uri: str) -> list[str]:
+    """The path components of `uri` below the folder `root` (at least one); `OutsideFolder`
+    if `uri` is not spelled as a plain path inside it (no `.`, `..` or empty segments)."""
+    base = root.rstrip("/") + "/"
+    parts = uri.removeprefix(base).split("/") if uri.startswith(base) else []
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise OutsideFolder(f"{uri[:300]!r} is not a plain path inside {root[:300]!r}")
+    return parts

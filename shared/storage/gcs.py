@@ -27,7 +27,14 @@ from google.auth import exceptions as auth_exc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from shared.errors import InvalidStorageUri, ObjectNotFound, StorageError, StorageUnavailable
+from shared.errors import (
+    InvalidStorageUri,
+    ObjectNotFound,
+    PayloadTooLarge,
+    StorageError,
+    StorageUnavailable,
+)
+from shared.storage.base import ReadCheck, relative_parts
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,36 @@ class GcsStorage:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"reading {uri} failed ({_reason(exc)})") from exc
+
+    @_translated
+    def read_checked(self, uri: str, max_bytes: int, check: ReadCheck | None = None) -> bytes:
+        """At most `max_bytes + 1` bytes are downloaded (one ranged request), so an object of
+        any size costs no more memory than the limit. The bytes are the stored ones
+        (`raw_download`): a gzip-encoded object is not inflated here, where its inflated size
+        would be unbounded. Ranged answers carry no whole-object checksum to verify."""
+        if check is not None:
+            check(uri)
+        try:
+            data = bytes(self._blob(uri).download_as_bytes(
+                start=0, end=max_bytes, raw_download=True, retry=self._retry))
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # an empty object has no byte 0 to start a range at
+        except gexc.NotFound as exc:
+            raise ObjectNotFound(f"no object at {uri}") from exc
+        except gexc.RetryError:
+            raise  # the service never answered: _translated makes it StorageUnavailable
+        except gexc.GoogleAPIError as exc:
+            raise StorageError(f"reading {uri} failed ({_reason(exc)})") from exc
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"{uri[:300]} is larger than the {max_bytes} bytes allowed")
+        return data
+
+    def write_within(self, root: str, uri: str, data: bytes,
+                     content_type: str | None = None) -> None:
+        """Object names are not paths and hold no links: a name spelled inside `root` is the
+        whole check."""
+        relative_parts(root, uri)
+        self.write(uri, data, content_type)
 
     @_translated
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:

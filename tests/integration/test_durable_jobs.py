@@ -2,9 +2,11 @@
 as a uvicorn process and the only Celery worker, started as deployed with one fixed node name,
 so a replacement has the same hostname as the worker it replaces (as a restarted container).
 
-A job holds a worker inside a chunk by naming a local FIFO as one of its images: the worker
-reading it blocks until the test writes an image into it. The "poison" image is such a FIFO
-whose reader the test SIGKILLs every time, as the kernel's OOM killer would.
+A job holds a worker inside a chunk by naming one of its images on a GCS emulator of its own
+(`held`), which the test stops (SIGSTOP) while it wants the chunk held: once the chunk's lease
+is taken, the worker cannot finish it until the emulator runs again. (A local FIFO used to
+serve, but the worker now refuses anything that is not a regular file.) The "poison" image is
+such a held image whose worker the test SIGKILLs every time, as the kernel's OOM killer would.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from google.cloud import storage as gcs
 from PIL import Image
 from pydantic import SecretStr
 
@@ -33,7 +36,15 @@ from services.jobs.store import JobStore, key
 from shared.redis import RedisEndpoint
 from shared.storage import storage_for
 from tests.integration.test_inference_support import start_api, url
-from tests.servers import REPO, Server, free_port, port_open, start_redis, wait_until
+from tests.servers import (
+    REPO,
+    Server,
+    free_port,
+    port_open,
+    start_gcs_emulator,
+    start_redis,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +53,7 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 NODE = "durable@%h"
 JOB_TIMEOUT = 180.0
 REQUEUE_WITHIN = 60.0
+HELD_BUCKET = "held-images"
 
 
 def png(seed: int) -> bytes:
@@ -58,6 +70,7 @@ class Stack:
     api: Server
     logs: Path
     repo: Path
+    held: Server
     worker: Server | None = None
 
     @property
@@ -69,7 +82,8 @@ class Stack:
         return JobStore(endpoint.client(decode_responses=True))
 
     def worker_env(self, **settings: object) -> dict[str, str]:
-        return {"MASKFLEET_STATE_REDIS_URL": self.state_url,
+        return {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.held.port}",
+                "MASKFLEET_STATE_REDIS_URL": self.state_url,
                 "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
                 "MASKFLEET_MODEL_REPOSITORY": str(self.repo),
                 "MASKFLEET_CACHE_DIR": str(self.logs / "worker-cache"),
@@ -93,6 +107,25 @@ class Stack:
         assert self.worker.proc is not None
         assert self.worker.proc.returncode == -signal.SIGKILL
 
+    def hold_image(self, name: str, data: bytes) -> str:
+        """An image on the `held` emulator; its reads wait while `holding()`."""
+        with _emulator(self.held):
+            bucket = gcs.Client().bucket(HELD_BUCKET)
+            if not bucket.exists():
+                bucket.create()
+            bucket.blob(name).upload_from_string(data, content_type="image/png")
+        return f"gs://{HELD_BUCKET}/{name}"
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Every read of a held image waits until the block ends."""
+        assert self.held.proc is not None
+        self.held.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.held.proc.send_signal(signal.SIGCONT)
+
     def restart_redis(self) -> None:
         self.redis = start_redis(self.redis.port, self.logs / "redis.log", password=PASSWORD,
                                  aof_dir=self.aof)
@@ -106,12 +139,14 @@ def stack(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     base = f"redis://127.0.0.1:{server.port}/0"
     api = start_api(tiny_model_repo, logs, base, state_redis_password=PASSWORD,
                     cache_redis_password=PASSWORD, cache_enabled="false",
-                    stage_poll_seconds=0)
-    found = Stack(server, aof, api, logs, tiny_model_repo)
+                    stage_poll_seconds=0,
+                    job_input_prefixes=f"{logs.parent},gs://{HELD_BUCKET}")
+    held = start_gcs_emulator(log=logs / "held-gcs.log")
+    found = Stack(server, aof, api, logs, tiny_model_repo, held)
     try:
         yield found
     finally:
-        for process in (found.worker, api, found.redis):
+        for process in (found.worker, api, found.redis, held):
             if process is not None:
                 process.stop()
 
@@ -132,34 +167,23 @@ def images(folder: Path, count: int, seed: int) -> list[str]:
     return uris
 
 
-def fifo(path: Path) -> str:
-    os.mkfifo(path)
-    return str(path)
-
-
 @contextlib.contextmanager
-def reader_of(path: str, timeout: float = JOB_TIMEOUT) -> Iterator[int]:
-    """Wait until a worker has `path` open for reading; yields our writing end."""
-    opened: list[int] = []
-
-    def present() -> bool:
-        try:
-            opened.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            return False
-        return True
-
-    wait_until(present, timeout, f"a worker reading {path}")
+def _emulator(server: Server) -> Iterator[None]:
+    """The google client of this process pointed at `server` for a moment."""
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{server.port}"
     try:
-        yield opened[0]
+        yield
     finally:
-        with contextlib.suppress(OSError):
-            os.close(opened[0])
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
-def feed(fd: int, data: bytes) -> None:
-    os.set_blocking(fd, True)
-    os.write(fd, data)
+def progress_saved(store: JobStore, job_id: str) -> int:
+    """Images whose manifest lines a crashed chunk's rerun saved one by one (`leases.py`)."""
+    return int(store.redis.hlen(key(job_id, "progress")))
 
 
 def submit(http: httpx.Client, inputs: list[str], output: Path, chunk_size: int) -> str:
@@ -196,22 +220,22 @@ def test_a_killed_worker_is_replaced_by_one_with_the_same_hostname_and_the_job_c
     stack.start_worker()  # default lease (30 s) and heartbeat (5 s)
     store = stack.store()
     plain = images(tmp_path / "in", 11, 100)
-    held = fifo(tmp_path / "held.png")
+    held = stack.hold_image(f"{tmp_path.name}-held.png", png(999))
     inputs = [*plain[:5], held, *plain[5:]]  # chunk 1 = img04, held, img05, img06
-    job_id = submit(http, inputs, tmp_path / "out", chunk_size=4)
-    with reader_of(held):  # the worker is inside chunk 1
-        assert started(store, job_id, 1)
-        stack.kill_worker()
-    killed = time.monotonic()
-    stack.start_worker()
+    with stack.holding():
+        job_id = submit(http, inputs, tmp_path / "out", chunk_size=4)
+        wait_until(lambda: started(store, job_id, 1), JOB_TIMEOUT, "the worker in chunk 1")
+        stack.kill_worker()  # it cannot have finished chunk 1: its held image is unread
+        killed = time.monotonic()
+        stack.start_worker()
 
-    def requeued() -> bool:
-        return store.redis.hget(key(job_id, "crashes"), "1") == "1"
+        def requeued() -> bool:
+            return store.redis.hget(key(job_id, "crashes"), "1") == "1"
 
-    wait_until(requeued, max(1.0, REQUEUE_WITHIN - (time.monotonic() - killed)),
-               "chunk 1 to be requeued within 60 s of its worker's death")
-    with reader_of(held) as fd:  # the replacement runs chunk 1 again
-        feed(fd, png(999))
+        wait_until(requeued, max(1.0, REQUEUE_WITHIN - (time.monotonic() - killed)),
+                   "chunk 1 to be requeued within 60 s of its worker's death")
+        wait_until(lambda: started(store, job_id, 1, attempt=2), JOB_TIMEOUT,
+                   "the replacement in chunk 1")
     job = finished(http, job_id)
     assert job["state"] == "succeeded", job
     assert job["totals"] == {"images": 12, "done": 12, "failed": 0}
@@ -228,15 +252,15 @@ def test_the_state_redis_killed_mid_job_restarts_from_its_aof_and_loses_nothing(
         stack.start_worker()
     store = stack.store()
     plain = images(tmp_path / "in", 7, 200)
-    held = fifo(tmp_path / "held.png")
+    held = stack.hold_image(f"{tmp_path.name}-held.png", png(998))
     inputs = [*plain[:3], held, *plain[3:]]  # chunk 1 = held, img03, img04
-    job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
-    with reader_of(held) as fd:
+    with stack.holding():
+        job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
+        wait_until(lambda: started(store, job_id, 1), JOB_TIMEOUT, "the worker in chunk 1")
         stack.redis.stop(signal.SIGKILL)
         wait_until(lambda: not port_open(stack.redis.port), 30, "Redis to be gone")
         stack.restart_redis()
         assert store.redis.hget(key(job_id), "state") == "running"  # read back from the AOF
-        feed(fd, png(998))
     job = finished(http, job_id)
     assert job["state"] == "succeeded", job
     assert job["totals"] == {"images": 8, "done": 8, "failed": 0}
@@ -250,17 +274,22 @@ def test_an_image_that_kills_its_worker_every_time_becomes_a_per_item_error(
     if stack.worker is not None:
         stack.worker.stop()
     stack.start_worker(**fast)
+    store = stack.store()
     plain = images(tmp_path / "in", 5, 300)
-    poison = fifo(tmp_path / "poison.png")
+    poison = stack.hold_image(f"{tmp_path.name}-poison.png", png(997))
     inputs = [*plain[:2], poison, *plain[2:]]  # chunk 0 = img00, img01, poison
-    job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
-    kills = 0
-    while kills < 2:  # every worker that opens the poison dies
-        with reader_of(poison):
-            stack.kill_worker()
-        kills += 1
+    with stack.holding():  # every worker that reaches the poison dies there
+        job_id = submit(http, inputs, tmp_path / "out", chunk_size=3)
+        wait_until(lambda: started(store, job_id, 0), JOB_TIMEOUT, "the first worker in chunk 0")
+        stack.kill_worker()
         stack.start_worker(**fast)
-    job = finished(http, job_id)
+        # after a crash the chunk runs one image at a time, each saved: the poison is the third
+        wait_until(lambda: started(store, job_id, 0, attempt=2)
+                   and progress_saved(store, job_id) == 2, JOB_TIMEOUT,
+                   "the second worker at the poison")
+        stack.kill_worker()
+        stack.start_worker(**fast)
+        job = finished(http, job_id)  # the poison is never read again: its read would wait
     assert job["state"] == "succeeded", job
     assert job["totals"] == {"images": 6, "done": 6, "failed": 1}
     assert [(e["input"], e["code"]) for e in job["errors"]] == [(poison, "worker_crashed")]

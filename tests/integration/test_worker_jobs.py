@@ -420,6 +420,75 @@ def test_one_output_is_written_by_one_unfinished_job_at_a_time(
     assert service.submit(again).state is JobState.QUEUED
 
 
+def test_nested_outputs_of_unfinished_jobs_are_refused(
+    gcs_bucket: str, service: JobService,
+) -> None:
+    """The output lock was one key per exact output: a job writing into a folder inside (or
+    around) another unfinished job's output was accepted, and each overwrote the other's
+    masks and manifests."""
+    put(f"{gcs_bucket}/in/a.jpg", pet_image(601))
+    first = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out/n"))
+    for nested in (f"{gcs_bucket}/out/n/sub", f"{gcs_bucket}/out"):
+        with pytest.raises(OutputInUse, match=first.job_id) as caught:  # even with overwrite
+            service.submit(JobRequest(input=f"{gcs_bucket}/in", output=nested, overwrite=True))
+        assert caught.value.status == 409
+    # a sibling whose name merely starts the same is no overlap
+    beside = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out/nx"))
+    assert beside.state is JobState.QUEUED
+    service.cancel(first.job_id)
+    service.cancel(beside.job_id)
+    inner = service.submit(JobRequest(input=f"{gcs_bucket}/in", output=f"{gcs_bucket}/out/n/s2"))
+    assert inner.state is JobState.QUEUED  # finished jobs lock nothing
+
+
+@pytest.mark.parametrize("spelling", ["in/%ff", "in/%c3%28.jpg"])
+def test_percent_encoding_that_is_not_utf8_is_refused_as_invalid(
+    service: JobService, tmp_path: Path, spelling: str,
+) -> None:
+    with pytest.raises(InvalidJob, match="not UTF-8") as caught:  # was a 500
+        service.submit(JobRequest(input=f"{tmp_path}/{spelling}", output=f"{tmp_path}/out"))
+    assert caught.value.status == 422
+
+
+def test_hidden_files_and_links_make_a_local_output_not_empty(
+    service: JobService, tmp_path: Path,
+) -> None:
+    """The emptiness check listed like the storage does, which skips hidden files (in-flight
+    writes there): a caller's own dotfile was overwritten without "overwrite": true."""
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / ".p.jpg").write_bytes(pet_image(602))
+    hidden, linked, bare = tmp_path / "hidden", tmp_path / "linked", tmp_path / "bare"
+    hidden.mkdir()
+    (hidden / ".p.png").write_text("precious")
+    linked.mkdir()
+    (linked / "elsewhere").symlink_to(tmp_path / "in")
+    (bare / "empty" / "folders").mkdir(parents=True)
+    for output in (hidden, linked):
+        with pytest.raises(OutputNotEmpty):
+            service.submit(JobRequest(input=[str(source / ".p.jpg")], output=str(output)))
+    assert (hidden / ".p.png").read_text() == "precious"
+    job = service.submit(JobRequest(input=[str(source / ".p.jpg")], output=str(bare)))
+    assert job.state is JobState.QUEUED  # folders alone hold nothing to lose
+
+
+def test_overwrite_is_refused_for_an_output_inside_its_input_folder(
+    service: JobService, tmp_path: Path,
+) -> None:
+    """Images under the output are left out of the inputs, then a mask of the same name
+    replaced them: the ground truth a nested output with "overwrite" could destroy."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "x.jpg").write_bytes(pet_image(603))
+    (source / "sub" / "x.png").write_bytes(pet_image(604, fmt="PNG"))
+    with pytest.raises(InvalidJob, match="inside the input"):
+        service.submit(JobRequest(input=str(source), output=str(source / "sub"),
+                                  overwrite=True))
+    outside = service.submit(JobRequest(input=str(source), output=str(tmp_path / "masks"),
+                                        overwrite=True))
+    assert outside.state is JobState.QUEUED
+
+
 @pytest.fixture
 def api(redis_url: str, model_repo: ModelRepository, tmp_path: Path,
         gcs_bucket: str) -> Iterator[TestClient]:

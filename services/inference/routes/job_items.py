@@ -57,6 +57,6 @@ def item(
     index: Annotated[int, Path(ge=0)], which: Which,
 ) -> Response:
     data, content_type = item_file(jobs.status(job_id, viewer(caller)), index, which,
-                                   settings.max_body_bytes)
+                                   settings.max_body_bytes, policy=jobs.policy)
     return Response(data, media_type=content_type,
                     headers={"Cache-Control": "private, max-age=300"})
