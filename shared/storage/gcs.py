@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -90,8 +90,14 @@ class GcsStorage:
 
     @_translated
     def read(self, uri: str) -> bytes:
+        return self._download(uri)
+
+    def _download(self, uri: str, **options: Any) -> bytes:
+        """The object's bytes (`options` go to `download_as_bytes`), its errors made ours."""
         try:
-            return bytes(self._blob(uri).download_as_bytes(retry=self._retry))
+            return bytes(self._blob(uri).download_as_bytes(retry=self._retry, **options))
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # a ranged read of an empty object: it has no byte 0 to start at
         except gexc.NotFound as exc:
             raise ObjectNotFound(f"no object at {uri}") from exc
         except gexc.RetryError:
@@ -107,17 +113,7 @@ class GcsStorage:
         would be unbounded. Ranged answers carry no whole-object checksum to verify."""
         if check is not None:
             check(uri)
-        try:
-            data = bytes(self._blob(uri).download_as_bytes(
-                start=0, end=max_bytes, raw_download=True, retry=self._retry))
-        except gexc.RequestRangeNotSatisfiable:
-            return b""  # an empty object has no byte 0 to start a range at
-        except gexc.NotFound as exc:
-            raise ObjectNotFound(f"no object at {uri}") from exc
-        except gexc.RetryError:
-            raise  # the service never answered: _translated makes it StorageUnavailable
-        except gexc.GoogleAPIError as exc:
-            raise StorageError(f"reading {uri} failed ({_reason(exc)})") from exc
+        data = self._download(uri, start=0, end=max_bytes, raw_download=True)
         if len(data) > max_bytes:
             raise PayloadTooLarge(f"{uri[:300]} is larger than the {max_bytes} bytes allowed")
         return data

@@ -117,12 +117,7 @@ class LocalStorage:
             # nothing is missing: the place to write is occupied by a file (or vanished)
             raise StorageError(f"cannot write {uri[:200]}: {exc.strerror}") from exc
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            _write_all(fd, data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -181,6 +176,16 @@ class LocalStorage:
 # close, and an open and close per folder below it (docs/security.md).
 
 _TEMP_NAMES = random.Random()  # seeded from os.urandom; O_EXCL, not the name, makes it safe
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` into `fd` (a write may take less than it is given), then close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _create_hidden(path: Path) -> tuple[int, str]:
@@ -306,12 +311,7 @@ def _write_at(folder: int, name: str, data: bytes, where: str) -> None:
     else:
         raise FileExistsError(errno.EEXIST, "no unused temporary name", where)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_all(fd, data)
         try:
             os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except (IsADirectoryError, NotADirectoryError) as exc:

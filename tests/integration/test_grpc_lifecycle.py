@@ -236,6 +236,18 @@ def test_a_server_still_loading_answers_unavailable_with_retry_info(
 
 # --- a pod that drains, then shuts down --------------------------------------------------------
 
+def refused_on_a_new_connection(api: Server, seed: int, refusals: list[str]) -> bool:
+    """A new call on a new connection (served until the gRPC server stops); a refusal's status
+    goes into `refusals`."""
+    with triton.InferenceServerClient(target(api)) as late:
+        try:
+            late.infer("unet", [uint8_input(pixels_of(seed)[np.newaxis])], client_timeout=10)
+        except InferenceServerException as error:
+            refusals.append(str(error.status()))
+            return True
+    return False
+
+
 def test_a_draining_pod_turns_not_serving_then_refuses_new_calls(
         tiny_model_repo: Path, redis_server: Server, tmp_path: Path) -> None:
     """The chart's preStop hook writes the drain marker: health turns NOT_SERVING at once (gRPC
@@ -270,19 +282,8 @@ def test_a_draining_pod_turns_not_serving_then_refuses_new_calls(
                        "the call in flight")
             api.signal(signal.SIGTERM)
             refusals: list[str] = []
-
-            def refused() -> bool:
-                """A new call on a new connection; served until the gRPC server stops."""
-                with triton.InferenceServerClient(target(api)) as late:
-                    try:
-                        late.infer("unet", [uint8_input(pixels_of(11)[np.newaxis])],
-                                   client_timeout=10)
-                    except InferenceServerException as error:
-                        refusals.append(str(error.status()))
-                        return True
-                return False
-
-            wait_until(refused, 30, "a new call refused during shutdown")
+            wait_until(lambda: refused_on_a_new_connection(api, 11, refusals), 30,
+                       "a new call refused during shutdown")
             assert refusals == ["StatusCode.UNAVAILABLE"]
             assert in_flight.result().as_numpy("mask").shape == (1, 30, 40)
         assert api.proc is not None
@@ -311,18 +312,8 @@ def test_sigterm_drains_grpc_beside_http_not_after_it(
                        "the upload in flight")
             api.signal(signal.SIGTERM)
             refusals: list[str] = []
-
-            def refused() -> bool:
-                with triton.InferenceServerClient(target(api)) as late:
-                    try:
-                        late.infer("unet", [uint8_input(pixels_of(14)[np.newaxis])],
-                                   client_timeout=10)
-                    except InferenceServerException as error:
-                        refusals.append(str(error.status()))
-                        return True
-                return False
-
-            wait_until(refused, 30, "a new gRPC call refused while the upload is in flight")
+            wait_until(lambda: refused_on_a_new_connection(api, 14, refusals), 30,
+                       "a new gRPC call refused while the upload is in flight")
             assert refusals == ["StatusCode.UNAVAILABLE"]
             upload.sendall(body[16:])
             reply = b""
