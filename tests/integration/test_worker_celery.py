@@ -1,16 +1,15 @@
 """Batch jobs end to end: real Celery worker processes, the real API (uvicorn), Redis, GCS.
 
 Two workers run `celery -A services.worker.app worker --pool=solo` exactly as deployed. To stop
-a worker at a known point inside a chunk, a job names a local FIFO as one of its images: the
-worker that reads it blocks until the test writes the image into it. That is how the cancel
-and SIGKILL tests hold chunks "in flight" without any sleep.
+a worker at a known point inside a chunk, a job names a held object as one of its images: the
+workers reach GCS through `tests.holding_proxy`, which keeps the request for it waiting until
+the test releases it. That is how the cancel and SIGKILL tests hold chunks "in flight" without
+any sleep.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from shared.redis import RedisEndpoint
 from shared.repository import ModelRepository
 from shared.segmentation import Segmentation, segment_many
 from shared.storage import storage_for
+from tests.holding_proxy import HoldingProxy
 from tests.servers import REPO, Server, free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,6 +73,7 @@ class Fleet:
     env: dict[str, str]
     logs: Path
     api: Server
+    proxy: HoldingProxy
     workers: list[Server] = field(default_factory=list)
     stale_unacked: int = 0
     """Messages of SIGKILLed workers: Celery keeps them unacknowledged until the visibility
@@ -140,7 +141,9 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
               "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo), "TF_CPP_MIN_LOG_LEVEL": "2",
               "PYTHONPATH": str(REPO), "MASKFLEET_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
               "MASKFLEET_JOB_HEARTBEAT_SECONDS": "1"}
+    proxy = HoldingProxy(gcs_emulator.port)
     worker_env = {**common, "MASKFLEET_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_SECONDS),
+                  "STORAGE_EMULATOR_HOST": proxy.url,
                   "MASKFLEET_MODEL_BATCH_SIZE": "4", "MASKFLEET_MAX_PIXELS": str(MAX_PIXELS),
                   "MASKFLEET_MAX_IMAGE_BYTES": "150000"}
     api_port = free_port()
@@ -152,7 +155,7 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
                       "MASKFLEET_STAGE_POLL_SECONDS": "0",
                       "MASKFLEET_JOB_INPUT_PREFIXES": allowed,
                       "MASKFLEET_JOB_OUTPUT_PREFIXES": allowed})
-    found = Fleet(redis_url, worker_env, logs, api)
+    found = Fleet(redis_url, worker_env, logs, api, proxy)
     try:
         with ThreadPoolExecutor(3) as pool:
             started = pool.submit(api.start, lambda: http_ok(f"{found.api_url}/readyz"), 120)
@@ -162,6 +165,7 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
     finally:
         with ThreadPoolExecutor(3) as pool:  # TensorFlow takes seconds to exit: in parallel
             list(pool.map(lambda server: server.stop(), [*found.workers, api]))
+        proxy.close()
 
 
 @pytest.fixture
@@ -201,28 +205,16 @@ def manifest_of(job: dict[str, Any]) -> list[Any]:
     return decode(storage_for(job["manifest"]).read(job["manifest"]))
 
 
-def hold(path: Path) -> str:
-    """A FIFO posing as an image: whoever reads it blocks until `release` writes into it."""
-    os.mkfifo(path)
-    return str(path)
+def hold(fleet: Fleet, uri: str, data: bytes) -> str:
+    """An image whose reads by a worker wait until `release(fleet, uri)`."""
+    put(uri, data)
+    fleet.proxy.hold(uri.removeprefix(f"gs://{FLEET_BUCKET}/"))
+    return uri
 
 
-def release(path: str, data: bytes) -> None:
-    """Write the image once a reader has the FIFO open (polled, bounded by a deadline)."""
-    opened: list[int] = []
-
-    def reader_present() -> bool:
-        try:
-            opened.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            return False
-        return True
-
-    wait_until(reader_present, JOB_TIMEOUT, f"a worker reading {path}")
-    fd = opened[0]
-    os.set_blocking(fd, True)
-    with contextlib.closing(os.fdopen(fd, "wb")) as pipe:
-        pipe.write(data)
+def release(fleet: Fleet, uri: str) -> None:
+    """Let a worker's read of `uri` through, once one is waiting (bounded by a deadline)."""
+    fleet.proxy.release(uri.removeprefix(f"gs://{FLEET_BUCKET}/"), JOB_TIMEOUT)
 
 
 def started_by(store: JobStore, job_id: str, chunk: int, attempt: int = 1) -> str | None:
@@ -300,8 +292,8 @@ def test_cancel_skips_the_chunks_that_have_not_started(
     fleet: Fleet, http: httpx.Client, gcs_bucket: str, store: JobStore, tmp_path: Path,
 ) -> None:
     images = [put(f"{gcs_bucket}/in/c{i:02d}.jpg", pet_image(200 + i)) for i in range(10)]
-    held = [hold(tmp_path / "held-0.png"), hold(tmp_path / "held-1.png")]
-    inputs = [held[0], *images[:3], held[1], *images[3:]]  # chunks 0 and 1 start with a FIFO
+    held = [hold(fleet, f"{gcs_bucket}/in/held-{i}.png", pet_image(299, "PNG")) for i in (0, 1)]
+    inputs = [held[0], *images[:3], held[1], *images[3:]]  # chunks 0 and 1 start held
     skipped_before = sum(fleet.metric(w, 'maskfleet_worker_chunks_total{status="skipped"}')
                          for w in fleet.workers)
     job = submit(http, input=inputs, output=f"{gcs_bucket}/out", chunk_size=4)
@@ -315,8 +307,8 @@ def test_cancel_skips_the_chunks_that_have_not_started(
 
     cancelled = http.delete(f"/v1/jobs/{job_id}")
     assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
-    for path in held:
-        release(path, pet_image(299))
+    for uri in held:
+        release(fleet, uri)
     fleet.ensure_workers(2)  # waits until every message was taken and acknowledged
 
     final = http.get(f"/v1/jobs/{job_id}").json()
@@ -334,7 +326,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing(
     fleet: Fleet, http: httpx.Client, gcs_bucket: str, store: JobStore, tmp_path: Path,
 ) -> None:
     images = [put(f"{gcs_bucket}/in/k{i:02d}.png", pet_image(300 + i, "PNG")) for i in range(19)]
-    held = hold(tmp_path / "held.png")
+    held = hold(fleet, f"{gcs_bucket}/in/held.png", pet_image(399, "PNG"))
     inputs = [*images[:10], held, *images[10:]]  # chunk 2 = k08, k09, held, k10
     job = submit(http, input=inputs, output=f"{gcs_bucket}/out", chunk_size=4)
     job_id = job["job_id"]
@@ -353,7 +345,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing(
                LEASE_SECONDS + JOB_TIMEOUT, "chunk 2 to be redelivered")
     second = started_by(store, job_id, 2, attempt=2)
     assert second != first
-    release(held, pet_image(399, "PNG"))
+    release(fleet, held)
 
     done = wait_for(http, job_id, "succeeded", "failed", "cancelled")
     assert done["state"] == "succeeded"
