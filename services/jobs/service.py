@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import redis
 
 from services.jobs import manifest
-from services.jobs.confinement import OutputNotEmpty, StoragePolicy, is_local, under
+from services.jobs.confinement import OutputNotEmpty, is_local, policy_from, under
 from services.jobs.inputs import chunk_count, resolve_inputs
 from services.jobs.leases import ChunkLeases
 from services.jobs.reaper import Reaper
@@ -87,12 +87,7 @@ class JobService:
         self.allow_local = settings.environment != "production"
         self.on_submitted = on_submitted
         self.storage = storage
-        self.policy = StoragePolicy.build(
-            inputs=settings.job_input_prefixes, outputs=settings.job_output_prefixes,
-            overwrite=settings.job_overwrite_prefixes,
-            protected=(settings.model_repository, *settings.job_protected_prefixes,
-                       *protected),
-            allow_local=self.allow_local)
+        self.policy = policy_from(settings, protected)
 
     @classmethod
     def from_settings(cls, settings: JobSettings, *,
