@@ -69,15 +69,12 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
                 if self._head_bytes == 0:  # the first byte of a head: its clock starts
                     self._arm(header_timeout, RequestTimeout(
                         f"no complete request head within {header_timeout:g} s"))
-                # the head's size up to its blank line, if this read holds it, else all of it
-                end = (self._tail + data).find(b"\r\n\r\n")
-                head = len(data) if end < 0 else end + 4 - len(self._tail)
-                if self._head_bytes + head > max_header_bytes:
+                if self._head_bytes + _head_in(self._tail, data) > max_header_bytes:
                     self._refuse(HeaderTooLarge(
                         f"the request head exceeds {max_header_bytes} bytes"))
                     return
                 self._head_bytes += len(data)
-                self._tail = (self._tail + data)[-3:]
+                self._tail = (self._tail + data[-3:])[-3:]
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
@@ -124,6 +121,17 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
             self.transport.close()
 
     return GuardedHttpToolsProtocol
+
+
+def _head_in(tail: bytes, data: bytes) -> int:
+    """How many bytes of `data` belong to the request head: up to its blank line when this
+    read holds it (`tail` is the head's last bytes so far: the line may span two reads), else
+    all of them. No copy of `data` on the request path: only its first three bytes join."""
+    across = (tail + data[:3]).find(b"\r\n\r\n")
+    if across >= 0:
+        return across + 4 - len(tail)
+    end = data.find(b"\r\n\r\n")
+    return len(data) if end < 0 else end + 4
 
 
 def _problem_body(error: MaskfleetError, request_id: str) -> bytes:
