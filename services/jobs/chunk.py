@@ -27,6 +27,7 @@ from services.jobs.confinement import (
     InputNotAllowed,
     StoragePolicy,
     escapes,
+    every,
     is_local,
     read_check,
     write_under,
@@ -329,13 +330,7 @@ class ChunkRunner:
 
         checks = [read_check(prefixes, refuse) for prefixes in (
             (plan.input.prefix,) if plan.input.prefix else (), self.policy.inputs) if prefixes]
-        if not checks:
-            return None
-
-        def check(where: str) -> None:
-            for one in checks:
-                one(where)
-        return check
+        return every(checks) if checks else None
 
     def _load(self, plan: JobPlan, uri: str, size: int) -> Prepared | MaskfleetError:
         """Read and decode one image (in an I/O thread); bad bytes, or a mask that would land

@@ -198,6 +198,14 @@ def read_check(prefixes: Sequence[str],
     return check
 
 
+def every(checks: Sequence[Callable[[str], None]]) -> Callable[[str], None]:
+    """One read `check` made of several: a read must pass each of them."""
+    def check(where: str) -> None:
+        for one in checks:
+            one(where)
+    return check
+
+
 def write_under(storage: Storage, root: str, uri: str, data: bytes, content_type: str) -> None:
     """Write `uri` inside the job output `root` (normalised) and nowhere else.
 

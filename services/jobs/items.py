@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from services.jobs import manifest
-from services.jobs.confinement import InputNotAllowed, StoragePolicy, read_check
+from services.jobs.confinement import InputNotAllowed, StoragePolicy, every, read_check
 from services.jobs.manifest import ErrorEntry, ManifestLine
 from services.jobs.records import JobState, JobStatus
 from shared.errors import InvalidJob, JobNotFinished, MaskfleetError, NotFound, PayloadTooLarge
@@ -117,8 +117,4 @@ def _check(index: int, which: Which, folders: tuple[str, ...],
     checks = [read_check((folder,), refuse) for folder in folders]
     if which == "input" and (policy is not None or not checks):
         checks.append(read_check(policy.inputs if policy else (), refuse))
-
-    def check(where: str) -> None:
-        for one in checks:
-            one(where)
-    return check
+    return every(checks)
