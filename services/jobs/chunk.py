@@ -110,6 +110,12 @@ class ChunkRunner:
 
     store: JobStore
     models: ModelProvider
+    policy: StoragePolicy
+    """The storage rules jobs were submitted under (`confinement.policy_from`, as the worker
+    builds it from its own settings). Every image is read at most `max_image_bytes` at a time
+    and only under the rules' input prefixes (and a prefix job's own input folder), checked on
+    the file actually opened, so a symlink or a swapped folder cannot lead out; with no input
+    prefixes nothing is read. Masks and manifests are confined to the job's output."""
     batch_size: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_bytes: int = 32 * 1024 * 1024
@@ -123,12 +129,6 @@ class ChunkRunner:
     worker: str = "local"
     metrics: ChunkMetrics | None = None
     storage: Callable[[str], Storage] = storage_for
-    policy: StoragePolicy | None = None
-    """The storage rules jobs were submitted under (`confinement.policy_from`, as the worker
-    builds it). Given, every image is read at most `max_image_bytes` at a time and only where
-    the rules (and a prefix job's own input folder) allow, checked on the file actually opened
-    (a symlink or a swapped folder cannot lead out). None (tests, tools): images are read with
-    a plain `read` and their size checked after; masks and manifests are confined either way."""
     leases: ChunkLeases | None = None
     """Built on the store's Redis with `lease_seconds` when not given."""
     lease_seconds: float = 30.0
@@ -304,33 +304,28 @@ class ChunkRunner:
         The plan file names the inputs, and the caller may edit it (or swap folders for
         links) after submission, so the rules are checked again here, on what is opened."""
         try:
-            if self.policy is not None:
-                data = self.storage(uri).read_checked(uri, self.max_image_bytes,
-                                                      self._input_check(plan, uri))
-            else:
-                data = self.storage(uri).read(uri)
+            data = self.storage(uri).read_checked(uri, self.max_image_bytes,
+                                                  self._input_check(plan, uri))
         # this item's fault: record it (a FIFO is a NotAFile, an InvalidStorageUri)
         except (ObjectNotFound, InvalidStorageUri, StorageNotAllowed, PayloadTooLarge) as exc:
             return exc
-        if len(data) > self.max_image_bytes:
-            return PayloadTooLarge(f"{len(data)} bytes is more than the {self.max_image_bytes} "
-                                   "allowed per image")
         return data
 
-    def _input_check(self, plan: JobPlan, uri: str) -> Callable[[str], None] | None:
-        """Reads land under an allowed input prefix and, for a prefix job, under its folder.
-
-        A worker configured without input prefixes (the API refuses every job then, so only a
-        worker whose settings differ from the API's) can check a prefix job's folder only."""
-        assert self.policy is not None
-
+    def _input_check(self, plan: JobPlan, uri: str) -> Callable[[str], None]:
+        """Reads land under one of the worker's input prefixes and, for a prefix job, under
+        its folder. A worker configured without input prefixes (the API refuses every job
+        then, so only a worker whose settings differ from the API's) reads nothing."""
         def refuse(where: str) -> MaskfleetError:
+            if not self.policy.inputs:
+                return InputNotAllowed(f"input {uri!r} not read: this worker has no input "
+                                       "prefixes (MASKFLEET_JOB_INPUT_PREFIXES)")
             return InputNotAllowed(f"input {uri!r} leads to {where!r}, outside the job's "
                                    "input folders; not read")
 
-        checks = [read_check(prefixes, refuse) for prefixes in (
-            (plan.input.prefix,) if plan.input.prefix else (), self.policy.inputs) if prefixes]
-        return every(checks) if checks else None
+        checks = [read_check(self.policy.inputs, refuse)]
+        if plan.input.prefix:
+            checks.append(read_check((plan.input.prefix,), refuse))
+        return every(checks)
 
     def _load(self, plan: JobPlan, uri: str, size: int) -> Prepared | MaskfleetError:
         """Read and decode one image (in an I/O thread); bad bytes, or a mask that would land

@@ -72,34 +72,46 @@ def is_local(uri: str) -> bool:
 
 
 def normalise(uri: str) -> str:
-    """The one spelling of `uri` every check and every read/write uses (see module doc)."""
+    """The one spelling of a URI a caller sent, which every check and every read/write uses
+    (see module doc)."""
     if not uri or _CONTROL.search(uri):
         raise InvalidJob(f"{uri!r} is empty or has control characters")
     try:
         decoded = unquote(uri, errors="strict")
     except UnicodeDecodeError:
         raise InvalidJob(f"{uri!r} percent-encodes bytes that are not UTF-8") from None
-    if _ENCODED.search(decoded) or _CONTROL.search(decoded):
-        raise InvalidJob(f"{uri!r} is percent-encoded twice or encodes control characters")
-    if decoded.startswith(GS):
-        bucket, _, path = decoded.removeprefix(GS).partition("/")
+    if _ENCODED.search(decoded):
+        raise InvalidJob(f"{uri!r} is percent-encoded twice")
+    return spelled(decoded, uri)
+
+
+def spelled(name: str, uri: str | None = None) -> str:
+    """`name` with `//` and `.` dropped and `..` resolved (lexically in a bucket, by
+    `realpath` on disk), as `normalise` does after decoding. A name that storage listed or that
+    was built from a listed one is taken as it is spelled: `50%25off.jpg` is a file of that
+    name, not a second encoding. `uri` is what error messages quote (default `name`)."""
+    quoted = name if uri is None else uri
+    if not name or _CONTROL.search(name):
+        raise InvalidJob(f"{quoted!r} is empty or has control characters")
+    if name.startswith(GS):
+        bucket, _, path = name.removeprefix(GS).partition("/")
         if not bucket or bucket in (".", ".."):
-            raise InvalidJob(f"{uri!r} does not name a bucket")
+            raise InvalidJob(f"{quoted!r} does not name a bucket")
         parts: list[str] = []
         for part in path.split("/"):
             if part in ("", "."):
                 continue
             if part == "..":
                 if not parts:
-                    raise InvalidJob(f"{uri!r} climbs out of its bucket")
+                    raise InvalidJob(f"{quoted!r} climbs out of its bucket")
                 parts.pop()
                 continue
             parts.append(part)
         return GS + "/".join([bucket, *parts])
-    if "://" in decoded and not decoded.startswith(FILE):
-        raise InvalidJob(f"{uri!r}: only gs:// URIs (and local paths in local mode) are "
+    if "://" in name and not name.startswith(FILE):
+        raise InvalidJob(f"{quoted!r}: only gs:// URIs (and local paths in local mode) are "
                          "supported")
-    return os.path.realpath(decoded.removeprefix(FILE))
+    return os.path.realpath(name.removeprefix(FILE))
 
 
 def under(uri: str, prefix: str) -> bool:
@@ -113,13 +125,14 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def escapes(target: str, output: str) -> bool:
-    """A mask URI (from a listed object name) that would not land inside `output`.
+    """A mask URI (from a listed object name, so `spelled`, not decoded) that would not land
+    inside `output`.
 
     Resolving a local path asks the disk, which may fail (a folder removed meanwhile, a name
     too long): such a mask escapes too, so the item fails and not the whole job. The write
     itself is confined again (`write_under`); this check only refuses early."""
     try:
-        return normalise(target) != target.rstrip("/") or not under(target, output)
+        return spelled(target) != target.rstrip("/") or not under(target, output)
     except (InvalidJob, OSError, ValueError):
         return True
 
@@ -185,12 +198,12 @@ def read_check(prefixes: Sequence[str],
 
     For a local file, `where` is the path the kernel opened, already free of links and `..`,
     so it is compared as it is (no `realpath`, which costs a system call per folder); a
-    gs:// URI is normalised (lexically) first."""
+    gs:// URI is the object's name, `spelled` (lexically, never decoded) first."""
     def check(where: str) -> None:
         found = where
         if where.startswith(GS):
             try:
-                found = normalise(where)
+                found = spelled(where)
             except InvalidJob:
                 raise refuse(where) from None
         if not any(under(found, prefix) for prefix in prefixes):

@@ -5,6 +5,8 @@ Rules (all refused with a reason, before anything is queued):
   allowed (development), so an API caller cannot make a worker read or write its own disk.
 - A prefix is listed as a folder; only `.jpg`, `.jpeg` and `.png` objects are kept, and
   nothing already under the output folder (re-running a job never segments its own masks).
+  The listing stops at the first image beyond `max_images`, so a huge prefix costs the API
+  no more memory than the largest job it accepts.
 - A mask is `<output>/<path below the prefix, extension replaced by .png>` for prefix jobs
   and `<output>/<file stem>.png` for lists; two inputs writing one mask are refused.
 """
@@ -77,30 +79,38 @@ def resolve_inputs(
     check_uri(output, allow_local=allow_local, what="output")
     out_folder = folder(output)
     if isinstance(source, str):
-        resolved = _list_prefix(source, out_folder, allow_local=allow_local, storage=storage)
+        resolved = _list_prefix(source, out_folder, allow_local=allow_local, storage=storage,
+                                max_images=max_images)
     else:
         resolved = _explicit(source, out_folder, allow_local=allow_local)
-    if len(resolved.uris) > max_images:
-        raise JobTooLarge(f"the job names {len(resolved.uris)} images; at most {max_images} "
-                          "are allowed per job")
+        if len(resolved.uris) > max_images:
+            raise JobTooLarge(f"the job names {len(resolved.uris)} images; at most "
+                              f"{max_images} are allowed per job")
     _refuse_collisions(resolved, output)
     return resolved
 
 
 def _list_prefix(
-    prefix: str, out_folder: str, *, allow_local: bool, storage: Callable[[str], Storage]
+    prefix: str, out_folder: str, *, allow_local: bool, storage: Callable[[str], Storage],
+    max_images: int,
 ) -> ResolvedInputs:
     check_uri(prefix, allow_local=allow_local, what="input")
     base = folder(prefix)
+    uris: list[str] = []
     try:
-        listed = storage(base).list(base)
+        for uri in storage(base).walk(base):
+            if is_image(uri) and not uri.startswith(out_folder):
+                uris.append(uri)
+                if len(uris) > max_images:
+                    raise JobTooLarge(f"{base} holds more than {max_images} images; at most "
+                                      f"{max_images} are allowed per job")
     except ObjectNotFound as exc:
         raise NoImagesFound(f"input {prefix}: {exc.detail}") from exc
     except StorageUnavailable:
         raise  # passing: the caller gets 503 and may retry
     except StorageError as exc:
         raise InvalidJob(f"cannot list input {prefix}: {exc.detail}") from exc
-    uris = [u for u in listed if is_image(u) and not u.startswith(out_folder)]
+    uris.sort()
     if not uris:
         raise NoImagesFound(f"no .jpg, .jpeg or .png objects under {base} (outside the "
                             f"output {out_folder})")

@@ -124,7 +124,7 @@ class JobService:
             return
         try:
             existing = _first_object(output) if is_local(output) else next(
-                iter(self.storage(output).list(folder(output))), None)
+                self.storage(output).walk(folder(output)), None)
         except ObjectNotFound:
             return
         except StorageError as exc:

@@ -78,8 +78,8 @@ class WorkerRuntime:
     def runner(self) -> ChunkRunner:
         s = self.settings
         if not s.job_input_prefixes:
-            log.warning("no job input prefixes configured on the worker: list jobs' inputs "
-                        "are read unchecked; set MASKFLEET_JOB_INPUT_PREFIXES as on the API")
+            log.warning("no job input prefixes configured on the worker: every job's images "
+                        "are refused; set MASKFLEET_JOB_INPUT_PREFIXES as on the API")
         return ChunkRunner(
             self.store, self.models, batch_size=s.model_batch_size, max_pixels=s.max_pixels,
             max_image_bytes=s.max_image_bytes, io_threads=s.io_threads,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +35,12 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Every object URI under `prefix` (recursive, sorted)."""
+        ...
+
+    def walk(self, prefix: str) -> Iterator[str]:
+        """The object URIs under `prefix` as `list` finds them, one at a time and in no set
+        order, so a caller that needs only some of them (the first, or a bounded number)
+        stops the listing there instead of holding all of them."""
         ...
 
     def delete(self, uri: str) -> None: ...

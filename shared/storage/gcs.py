@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -145,18 +145,28 @@ class GcsStorage:
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"checking {uri} failed ({_reason(exc)})") from exc
 
-    @_translated
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.walk(prefix))
+
+    def walk(self, prefix: str) -> Iterator[str]:
+        """Pages are fetched as the caller goes on, so stopping early costs one page."""
         bucket, key = split(prefix)
+        blobs = iter(self.client.list_blobs(bucket, prefix=key, retry=self._retry))
+        while (name := self._next_name(blobs, prefix)) is not None:
+            if not name.endswith("/"):
+                yield f"{_SCHEME}{bucket}/{name}"
+
+    @_translated
+    def _next_name(self, blobs: Iterator[Any], prefix: str) -> str | None:
         try:
-            blobs = self.client.list_blobs(bucket, prefix=key, retry=self._retry)
-            return sorted(f"{_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+            blob = next(blobs, None)
         except gexc.NotFound as exc:
-            raise ObjectNotFound(f"no bucket {bucket}") from exc
+            raise ObjectNotFound(f"no bucket {split(prefix)[0]}") from exc
         except gexc.RetryError:
             raise  # the service never answered: _translated makes it StorageUnavailable
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"listing {prefix} failed ({_reason(exc)})") from exc
+        return None if blob is None else str(blob.name)
 
     @_translated
     def delete(self, uri: str) -> None:

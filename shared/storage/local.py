@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -61,6 +61,22 @@ def _name(exc: OSError) -> str:
     return repr(str(exc.filename)[:200]) if exc.filename is not None else "a path"
 
 _SCHEME = "file://"
+
+
+@_translated
+def _next_path(paths: Iterator[Path]) -> Path | None:
+    """One step of a listing, its `OSError`s translated like every other operation's."""
+    return next(paths, None)
+
+
+@_translated
+def _is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+@_translated
+def _is_file(path: Path) -> bool:
+    return path.is_file()
 
 
 class LocalStorage:
@@ -127,8 +143,10 @@ class LocalStorage:
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
 
-    @_translated
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.walk(prefix))
+
+    def walk(self, prefix: str) -> Iterator[str]:
         """Object-store semantics, as on GCS: every file whose URI starts with `prefix`.
 
         URIs come back spelled like `prefix` (`./var/x/...` stays `./var/x/...`), so callers
@@ -139,14 +157,13 @@ class LocalStorage:
         head, sep, stem = raw.rpartition("/")
         base_text = head + sep
         base = Path(base_text or ".")
-        if not base.is_dir():
-            return []
-        found = []
-        for path in base.rglob("*"):
+        if not _is_dir(base):
+            return
+        paths = base.rglob("*")
+        while (path := _next_path(paths)) is not None:
             relative = path.relative_to(base).as_posix()
-            if relative.startswith(stem) and not path.name.startswith(".") and path.is_file():
-                found.append(f"{scheme}{base_text}{relative}")
-        return sorted(found)
+            if relative.startswith(stem) and not path.name.startswith(".") and _is_file(path):
+                yield f"{scheme}{base_text}{relative}"
 
     @_translated
     def delete(self, uri: str) -> None:

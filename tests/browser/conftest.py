@@ -120,6 +120,7 @@ def worker(ui_stack: UiStack) -> Iterator[Server]:
              "MASKFLEET_STATE_REDIS_URL": ui_stack.redis_url,
              "MASKFLEET_MODEL_REPOSITORY": str(ui_stack.repo),
              "MASKFLEET_CACHE_DIR": str(ui_stack.workdir / "worker-cache"),
+             "MASKFLEET_JOB_INPUT_PREFIXES": str(ui_stack.workdir.parent),  # as start_api's
              "MASKFLEET_WORKER_METRICS_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"})
     with running(server.start(timeout=120)):
         yield server

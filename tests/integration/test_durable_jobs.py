@@ -71,6 +71,8 @@ class Stack:
     logs: Path
     repo: Path
     held: Server
+    inputs: str
+    """Where jobs may read, for the API and the worker alike."""
     worker: Server | None = None
 
     @property
@@ -87,6 +89,7 @@ class Stack:
                 "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
                 "MASKFLEET_MODEL_REPOSITORY": str(self.repo),
                 "MASKFLEET_CACHE_DIR": str(self.logs / "worker-cache"),
+                "MASKFLEET_JOB_INPUT_PREFIXES": self.inputs,
                 "TF_CPP_MIN_LOG_LEVEL": "2",
                 **{f"MASKFLEET_{k.upper()}": str(v) for k, v in settings.items()}}
 
@@ -137,12 +140,12 @@ def stack(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     aof = logs / "aof"
     server = start_redis(log=logs / "redis.log", password=PASSWORD, aof_dir=aof)
     base = f"redis://127.0.0.1:{server.port}/0"
+    inputs = f"{logs.parent},gs://{HELD_BUCKET}"
     api = start_api(tiny_model_repo, logs, base, state_redis_password=PASSWORD,
                     cache_redis_password=PASSWORD, cache_enabled="false",
-                    stage_poll_seconds=0,
-                    job_input_prefixes=f"{logs.parent},gs://{HELD_BUCKET}")
+                    stage_poll_seconds=0, job_input_prefixes=inputs)
     held = start_gcs_emulator(log=logs / "held-gcs.log")
-    found = Stack(server, aof, api, logs, tiny_model_repo, held)
+    found = Stack(server, aof, api, logs, tiny_model_repo, held, inputs)
     try:
         yield found
     finally:

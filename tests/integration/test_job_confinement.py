@@ -220,31 +220,33 @@ def test_existing_objects_are_not_overwritten_unless_asked_and_allowed(
         JobState.QUEUED
 
 
-def test_a_listed_name_with_dotdot_is_a_per_item_error(
+def test_listed_names_with_percent_signs_are_segmented_inside_the_output_as_spelled(
         gcs_bucket: str, store: JobStore, model_repo: ModelRepository,
         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Object names are literal: `%2e%2e` is a folder of that name (Cloud Storage never
+    decodes it to `..`), `50%25off.jpg` an ordinary file. Their masks keep the names, inside
+    the output; a literal `..` (which the emulator refuses to store) is the unit tests'."""
     put(f"{gcs_bucket}/incoming/good.jpg", pet_image(8))
-    # a legal GCS object name that decodes to `../../evil.jpg` (the emulator refuses a literal
-    # `..` segment; Cloud Storage accepts both, and both are normalised the same way)
-    evil = put(f"{gcs_bucket}/incoming/%2e%2e/%2e%2e/evil.jpg", pet_image(9))
+    put(f"{gcs_bucket}/incoming/%2e%2e/%2e%2e/evil.jpg", pet_image(9))
+    put(f"{gcs_bucket}/incoming/50%25off.jpg", pet_image(10))
     queue = RecordedQueue()
     service = service_for(store, model_repo, queue,
                           job_input_prefixes=(f"{gcs_bucket}/incoming",),
                           job_output_prefixes=(f"{gcs_bucket}/results",))
     status = service.submit(JobRequest(input=f"{gcs_bucket}/incoming/",
                                        output=f"{gcs_bucket}/results/run"))
-    assert status.totals.images == 2
+    assert status.totals.images == 3
     runner = ChunkRunner(store, ModelCache(model_repo, tmp_path_factory.mktemp("cc")),
-                         batch_size=4)
+                         service.policy, batch_size=4)
     for job_id, index in queue.chunks:
         runner.run(job_id, index)
     final = service.status(status.job_id)
     assert final.state is JobState.SUCCEEDED
-    assert [(e.input, e.code) for e in final.errors] == [
-        (evil, "escapes_output")]
-    written = storage_for(gcs_bucket).list(f"{gcs_bucket}/")
-    assert f"{gcs_bucket}/results/run/good.png" in written
-    assert not [uri for uri in written if uri.endswith("evil.png")]
+    assert final.errors == []
+    masks = sorted(u for u in storage_for(gcs_bucket).list(f"{gcs_bucket}/")
+                   if u.endswith(".png"))
+    assert masks == [f"{gcs_bucket}/results/run/{name}.png"
+                     for name in ("%2e%2e/%2e%2e/evil", "50%25off", "good")]
 
 
 @pytest.fixture

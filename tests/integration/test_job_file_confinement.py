@@ -150,6 +150,8 @@ def test_a_symlink_in_the_input_folder_is_neither_segmented_nor_served(
     assert PRIVATE not in answer.content
     served = api.get(f"/v1/jobs/{job.job_id}/items/{order.index(good)}/input")
     assert (served.status_code, served.content) == (200, Path(good).read_bytes())
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in served.headers["content-security-policy"]
 
 
 def test_an_input_folder_swapped_for_a_link_after_submission_is_not_followed(

@@ -34,6 +34,7 @@ from services.worker.models import ModelCache
 from shared.redis import RedisEndpoint
 from shared.repository import ModelRepository
 from shared.storage import Storage, storage_for
+from shared.storage.base import ReadCheck
 from tests.servers import Server, running, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
@@ -66,12 +67,13 @@ class Gate:
         gate = self
 
         class Gated:
-            def read(self, target: str) -> bytes:
+            def read_checked(self, target: str, max_bytes: int,
+                             check: ReadCheck | None = None) -> bytes:
                 if target == gate.uri and not gate._passed:
                     gate._passed = True
                     gate.reached.set()
                     gate._open.wait(120)
-                return real.read(target)
+                return real.read_checked(target, max_bytes, check)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(real, name)
@@ -123,8 +125,10 @@ def models(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> M
     return ModelCache(ModelRepository(str(tiny_model_repo)), tmp_path_factory.mktemp("lease"))
 
 
-def runner(store: JobStore, models: ModelCache, **options: Any) -> ChunkRunner:
-    return ChunkRunner(store, models, batch_size=2, io_threads=2, **options)
+def runner(service: JobService, models: ModelCache, **options: Any) -> ChunkRunner:
+    """A worker's chunk runner under the storage rules `service` accepted the job with."""
+    return ChunkRunner(service.store, models, service.policy, batch_size=2, io_threads=2,
+                       **options)
 
 
 def in_thread(run: ChunkRunner, job_id: str, chunk: int) -> tuple[threading.Thread, list[Any]]:
@@ -145,7 +149,7 @@ def test_a_slow_but_alive_worker_keeps_its_chunk(
     uris = images(tmp_path / "in", 3)
     job = service.submit(JobRequest(input=uris, output=str(tmp_path / "out")))
     gate = Gate(uris[1])
-    slow = runner(store, models, storage=gate, lease_seconds=2, heartbeat_seconds=0.2)
+    slow = runner(service, models, storage=gate, lease_seconds=2, heartbeat_seconds=0.2)
     thread, outcome = in_thread(slow, job.job_id, 0)
     assert gate.reached.wait(60)
     first = deadline_ms(client, job.job_id, 0)
@@ -155,7 +159,7 @@ def test_a_slow_but_alive_worker_keeps_its_chunk(
     reaper = Reaper(store, ChunkLeases(client, lease_seconds=2), queue,
                     submit_grace_seconds=60)
     assert reaper.reap_once() == ([], [])
-    other = runner(store, models).run(job.job_id, 0)
+    other = runner(service, models).run(job.job_id, 0)
     assert other.status == "skipped"  # never run twice at once
     gate.open()
     thread.join(60)
@@ -175,7 +179,7 @@ def test_an_expired_lease_is_requeued_and_the_late_holder_does_not_count(
     queue.chunks.clear()
     gate = Gate(uris[1])
     # A holder that stops beating (a stalled process): its lease lapses after 1 s.
-    silent = runner(store, models, storage=gate, lease_seconds=1, heartbeat_seconds=3600)
+    silent = runner(service, models, storage=gate, lease_seconds=1, heartbeat_seconds=3600)
     thread, outcome = in_thread(silent, job.job_id, 0)
     assert gate.reached.wait(60)
     reaper = Reaper(store, ChunkLeases(client, lease_seconds=1), queue,
@@ -186,7 +190,7 @@ def test_an_expired_lease_is_requeued_and_the_late_holder_does_not_count(
     assert [(r.job_id, r.chunk, r.crashed) for r in found] == [(job.job_id, 0, True)]
     assert queue.chunks == [(job.job_id, 0)]
 
-    replacement = runner(store, models).run(job.job_id, 0)
+    replacement = runner(service, models).run(job.job_id, 0)
     assert (replacement.status, replacement.attempt) == ("succeeded", 2)
     gate.open()
     thread.join(60)
@@ -210,7 +214,7 @@ def test_crashed_runs_become_worker_crashed_errors_after_max_attempts(
     dead: list[tuple[Gate, threading.Thread]] = []
     for crash in range(2):  # two runs die on the third image (they hang, silent, instead)
         gate = Gate(uris[2])
-        dying = runner(store, models, storage=gate, lease_seconds=1, heartbeat_seconds=3600,
+        dying = runner(service, models, storage=gate, lease_seconds=1, heartbeat_seconds=3600,
                        max_attempts=2)
         thread = threading.Thread(target=dying.run, args=(job.job_id, 0), daemon=True)
         thread.start()
@@ -218,7 +222,7 @@ def test_crashed_runs_become_worker_crashed_errors_after_max_attempts(
         assert gate.reached.wait(60)
         wait_until(lambda: bool(reaper.reap_once()[0]), 30, f"crash {crash + 1} to be seen")
     assert client.hget(key(job.job_id, "crashes"), "0") == "2"
-    last = runner(store, models, max_attempts=2).run(job.job_id, 0)
+    last = runner(service, models, max_attempts=2).run(job.job_id, 0)
     assert last.status == "succeeded"
     final = service.status(job.job_id)
     assert final.state is JobState.SUCCEEDED

@@ -16,9 +16,15 @@ from PIL import Image
 
 from services.inference.app import create_app
 from services.inference.settings import InferenceSettings
-from services.jobs.store import key
+from services.jobs.records import JobRequest
+from services.jobs.service import JobService
+from services.jobs.settings import JobSettings
+from services.jobs.store import JobStore, key
 from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
+from shared.errors import JobTooLarge
+from shared.repository import ModelRepository
+from shared.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +97,37 @@ def test_the_api_refuses_more_images_than_the_configured_maximum(
     job = submit(api, tmp_path, 6)
     assert (job["status"], job["code"]) == (413, "job_too_large")
     assert "at most 5" in str(job["detail"])
+
+
+class CountingStorage(LocalStorage):
+    """Local storage counting the listed objects a caller takes."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def walk(self, prefix: str) -> Iterator[str]:
+        for uri in super().walk(prefix):
+            self.taken += 1
+            yield uri
+
+
+def test_a_huge_input_prefix_is_refused_without_listing_all_of_it(
+    redis_url: str, tiny_model_repo: Path, tmp_path: Path,
+) -> None:
+    """The listing stops at the first image beyond the maximum: a prefix of a million objects
+    costs the API what the largest acceptable job costs, not a list of a million names."""
+    source = tmp_path / "huge"
+    source.mkdir()
+    for i in range(300):
+        (source / f"{i:04}.jpg").touch()
+    storage = CountingStorage()
+    service = JobService(JobStore(redis.Redis.from_url(redis_url)),
+                         ModelRepository(str(tiny_model_repo)), lambda *_: None,
+                         JobSettings(**job_settings(redis_url, tiny_model_repo, tmp_path)),
+                         storage=lambda _: storage)
+    with pytest.raises(JobTooLarge, match="more than 5 images"):
+        service.submit(JobRequest(input=str(source), output=str(tmp_path / "out")))
+    assert storage.taken == 6
 
 
 def test_a_job_cancelled_through_the_api_expires_after_the_configured_ttl(

@@ -393,8 +393,8 @@ def test_a_batch_job_writes_the_reference_masks(
         job_output_prefixes=(str(tmp_path),)))
     status = service.submit(JobRequest(input=str(folder), output=str(tmp_path / "masks"),
                                        model_version=VERSION, chunk_size=7))
-    runner = ChunkRunner(store, ModelCache(repository, tmp_path / "cache"), batch_size=1,
-                         io_threads=2)
+    runner = ChunkRunner(store, ModelCache(repository, tmp_path / "cache"), service.policy,
+                         batch_size=1, io_threads=2)
     for job_id, index in queued:
         runner.run(job_id, index)
 

@@ -194,6 +194,7 @@ def stack(redis_server: Server, tiny_model_repo: Path, gcs_bucket: str, tmp_path
          "--pool=solo", "--concurrency=1", "-Q", "maskfleet", "--loglevel=WARNING"],
         worker_port, log=logs_dir / "scrape-worker.log",
         env={**shared_env, "MASKFLEET_WORKER_METRICS_PORT": str(worker_port),
+             "MASKFLEET_JOB_INPUT_PREFIXES": gcs_bucket,
              "MASKFLEET_CACHE_DIR": str(tmp_path / "worker-cache")})
     with contextlib.ExitStack() as stack:
         api_url = f"http://127.0.0.1:{api_port}"

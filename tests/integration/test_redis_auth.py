@@ -57,7 +57,8 @@ def stack(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                  "MASKFLEET_STATE_REDIS_PASSWORD": PASSWORD,
                  "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo),
                  "MASKFLEET_WORKER_METRICS_PORT": str(port), "MASKFLEET_LOG_LEVEL": "DEBUG",
-                 "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"), "TF_CPP_MIN_LOG_LEVEL": "2"})
+                 "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
+                 "MASKFLEET_JOB_INPUT_PREFIXES": str(logs.parent)})  # as start_api's
         with running(api), running(worker.start(timeout=120)):
             yield Stack(server, api, worker, logs)
 

@@ -137,24 +137,23 @@ def fleet(redis_server: Server, gcs_emulator: Server, tiny_model_repo: Path,
     logs = tmp_path_factory.mktemp("worker-fleet")
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
+    allowed = f"gs://{FLEET_BUCKET},{tmp_path_factory.getbasetemp()}"
     common = {"MASKFLEET_CACHE_REDIS_URL": redis_url, "MASKFLEET_STATE_REDIS_URL": redis_url,
               "MASKFLEET_MODEL_REPOSITORY": str(tiny_model_repo), "TF_CPP_MIN_LOG_LEVEL": "2",
               "PYTHONPATH": str(REPO), "MASKFLEET_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-              "MASKFLEET_JOB_HEARTBEAT_SECONDS": "1"}
+              "MASKFLEET_JOB_HEARTBEAT_SECONDS": "1", "MASKFLEET_JOB_INPUT_PREFIXES": allowed,
+              "MASKFLEET_JOB_OUTPUT_PREFIXES": allowed}
     proxy = HoldingProxy(gcs_emulator.port)
     worker_env = {**common, "MASKFLEET_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_SECONDS),
                   "STORAGE_EMULATOR_HOST": proxy.url,
                   "MASKFLEET_MODEL_BATCH_SIZE": "4", "MASKFLEET_MAX_PIXELS": str(MAX_PIXELS),
                   "MASKFLEET_MAX_IMAGE_BYTES": "150000"}
     api_port = free_port()
-    allowed = f"gs://{FLEET_BUCKET},{tmp_path_factory.getbasetemp()}"
     api = Server([sys.executable, "-m", "services.inference"], api_port,
                  log=logs / "api.log",
                  env={**common, "MASKFLEET_HOST": "127.0.0.1", "MASKFLEET_PORT": str(api_port),
                       "MASKFLEET_CACHE_DIR": str(logs / "cache-api"),
-                      "MASKFLEET_STAGE_POLL_SECONDS": "0",
-                      "MASKFLEET_JOB_INPUT_PREFIXES": allowed,
-                      "MASKFLEET_JOB_OUTPUT_PREFIXES": allowed})
+                      "MASKFLEET_STAGE_POLL_SECONDS": "0"})
     found = Fleet(redis_url, worker_env, logs, api, proxy)
     try:
         with ThreadPoolExecutor(3) as pool:

@@ -128,8 +128,8 @@ def service(store: JobStore, model_repo: ModelRepository, queue: RecordedQueue,
 
 
 @pytest.fixture
-def runner(store: JobStore, models: ModelCache) -> ChunkRunner:
-    return ChunkRunner(store, models, batch_size=3, max_pixels=MAX_PIXELS,
+def runner(store: JobStore, models: ModelCache, service: JobService) -> ChunkRunner:
+    return ChunkRunner(store, models, service.policy, batch_size=3, max_pixels=MAX_PIXELS,
                        max_image_bytes=MAX_IMAGE_BYTES, io_threads=4)
 
 
@@ -309,8 +309,8 @@ def test_a_local_chunk_runs_on_the_local_io_threads_only(
         used.add(threading.current_thread().name)
         return storage_for(uri)
 
-    runner = ChunkRunner(store, models, batch_size=2, max_pixels=MAX_PIXELS, io_threads=4,
-                         local_io_threads=1, storage=recording)
+    runner = ChunkRunner(store, models, service.policy, batch_size=2, max_pixels=MAX_PIXELS,
+                         io_threads=4, local_io_threads=1, storage=recording)
     status = service.submit(JobRequest(input=str(source), output=str(tmp_path / "out"),
                                        chunk_size=6))
     run_queued(runner, queue)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.jobs.confinement import escapes, normalise, under
+from services.jobs.confinement import escapes, normalise, read_check, under
 from services.jobs.inputs import mask_uri
 from shared.errors import InvalidJob
 
@@ -48,5 +48,25 @@ def test_a_listed_object_name_with_dotdot_would_escape_the_output():
     base, output = "gs://b/in/", "gs://b/out/run"
     assert not escapes(mask_uri("gs://b/in/nested/cat.jpg", output, base), output)
     for name in ("gs://b/in/../../data/annotations/trimaps/cat.jpg",
-                 "gs://b/in/a/../../../x.jpg", "gs://b/in/%2e%2e/%2e%2e/x.jpg"):
+                 "gs://b/in/a/../../../x.jpg"):
         assert escapes(mask_uri(name, output, base), output), name
+
+
+@pytest.mark.parametrize("name", ["50%25off.jpg", "%2e%2e/%2e%2e/x.jpg", "a%2541.png",
+                                  "%ZZ.jpg"])
+def test_a_listed_name_is_taken_as_spelled_not_percent_decoded(name: str) -> None:
+    """Storage lists literal names: `%2e%2e` is a folder called that, not `..`, and
+    `50%25off.jpg` is a file called that, not a second encoding (which a caller's URI is)."""
+    base, output = "gs://b/in/", "gs://b/out/run"
+    target = mask_uri(base + name, output, base)
+    assert target.startswith(output + "/")
+    assert "%" in target
+    assert not escapes(target, output)
+    refusals: list[str] = []
+
+    def refuse(where: str) -> InvalidJob:
+        refusals.append(where)
+        return InvalidJob(where)
+
+    read_check(("gs://b/in",), refuse)(base + name)
+    assert refusals == []

@@ -39,6 +39,16 @@ def list_items(
     return items(jobs.status(job_id, viewer(caller)), offset, limit)
 
 
+STORED_FILE_HEADERS = {
+    "Cache-Control": "private, max-age=300",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+"""The bytes are whatever the caller stored under an image's name: a browser opening one
+directly must take it as the declared image and nothing else (no sniffing into HTML, no
+script, no origin of ours if it were rendered anyway)."""
+
+
 @router.get(
     "/{job_id}/items/{index}/{which}",
     summary="Item `index`'s input image or output mask (PNG), as stored",
@@ -58,5 +68,4 @@ def item(
 ) -> Response:
     data, content_type = item_file(jobs.status(job_id, viewer(caller)), index, which,
                                    settings.max_body_bytes, policy=jobs.policy)
-    return Response(data, media_type=content_type,
-                    headers={"Cache-Control": "private, max-age=300"})
+    return Response(data, media_type=content_type, headers=STORED_FILE_HEADERS)
