@@ -157,7 +157,9 @@ def start_worker(logs: Path, *, models: Path, redis_url: str,
     port = free_port()
     env = {**_common_env(), "MASKFLEET_MODEL_REPOSITORY": str(models),
            "MASKFLEET_STATE_REDIS_URL": redis_url, "MASKFLEET_WORKER_METRICS_PORT": str(port),
-           "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"), **(extra_env or {})}
+           "MASKFLEET_CACHE_DIR": str(logs / "worker-cache"),
+           "MASKFLEET_JOB_INPUT_PREFIXES": str(logs.parent),  # as `start_api`'s
+           **(extra_env or {})}
     argv = [str(BIN / "celery"), "-A", "services.worker.app", "worker", "--pool=solo",
             "--concurrency=1", "-Q", "maskfleet", "--without-mingle", "--without-gossip",
             "--loglevel=WARNING", "-n", node or f"bench-{port}@%h"]
