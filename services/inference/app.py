@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from services.jobs.service import JobService
 from shared.repository import ModelRepository
 
-from .admission import PixelBudget
+from .admission import BodyBudget, PixelBudget
 from .auth import Authenticator
 from .batcher import Batcher
 from .cache import ResultCache
@@ -70,6 +70,7 @@ def create_app(
     cache = ResultCache.from_settings(settings, metrics, redis_client)
     codec = CodecPool(settings.codec_threads, settings.codec_max_queue, metrics)
     budget = PixelBudget(settings.max_inflight_pixels, metrics)
+    bodies = BodyBudget(settings.max_body_bytes_in_flight, metrics)
     segmenter = Segmenter(holder, batcher, cache, codec, budget, metrics,
                           max_pixels=settings.max_pixels)
     compare = _compare_segmenters(settings, repository, loader, cache, budget)
@@ -79,7 +80,7 @@ def create_app(
     corrections = Feedback(ServedAnswers(served_log, kept), metrics, uri=settings.feedback_uri)
     drain = DrainMarker(settings.drain_file)
     limiter = RateLimiter.from_settings(settings, served_log.client)
-    grpc_server = (GrpcServer(settings, dataplane, metrics, drain,
+    grpc_server = (GrpcServer(settings, dataplane, metrics, drain, bodies,
                               authorize=lambda metadata: auth.authorize(
                                   Headers(headers=metadata), "infer").id)
                    if settings.grpc_enabled else None)
@@ -151,7 +152,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,
                        limits={jobs.router.prefix: settings.max_json_body_bytes},
-                       in_flight=settings.max_body_bytes_in_flight)
+                       budget=bodies)
     app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(StripPathPrefix, prefixes=settings.path_prefixes)
     app.include_router(health.router)

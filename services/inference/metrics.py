@@ -79,8 +79,12 @@ class ApiMetrics:
             "maskfleet_feedback_iou", "IoU of the served mask against the corrected one",
             MODEL_LABELS, buckets=IOU_BUCKETS, registry=r)
         self.requests_shed = Counter(
-            "maskfleet_requests_shed", "Requests refused at once with 503 because a bounded "
-            "queue or the pixel budget was full", ["reason"], registry=r)
+            "maskfleet_requests_shed", "Requests refused with 503 because a bounded queue or "
+            "the pixel or body budget was full", ["reason"], registry=r)
+        self.body_bytes_in_flight = Gauge(
+            "maskfleet_body_bytes_in_flight", "Bytes of request bodies and gRPC messages held, "
+            "or reserved for messages being read (bounded by max_body_bytes_in_flight)",
+            registry=r)
         self.deadline_exceeded = Counter(
             "maskfleet_deadline_exceeded", "Requests answered 504: their deadline passed "
             "before their work finished", registry=r)

@@ -28,6 +28,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import BodyBudget
 from .metrics import ApiMetrics
 
 REQUEST_ID = "x-request-id"
@@ -174,18 +175,17 @@ class BodyLimit:
     under a prefix in `limits` get that limit (JSON-only routes take far less than images).
 
     Bodies are held whole until their request ends, so one limit per request does not bound
-    memory: 150 slow 16 MB uploads held 3.3 GB (the pixel budget counts decoded images only).
-    `in_flight` is the budget for the bytes of all requests at once; a read that would pass
-    it fails with 503, and a request's bytes count until its response is sent.
+    memory: `budget` (shared with gRPC's messages, `admission.BodyBudget`) bounds the bytes
+    of all requests at once; a read that would pass it fails with 503, and a request's bytes
+    count until its response is sent.
     """
 
     def __init__(self, app: ASGIApp, default: int, limits: dict[str, int],
-                 in_flight: int) -> None:
+                 budget: BodyBudget) -> None:
         self.app = app
         self.default = default
         self.limits = sorted(limits.items(), key=lambda kv: -len(kv[0]))
-        self.in_flight = in_flight
-        self.held = 0  # one event loop: no lock needed
+        self.budget = budget
 
     def limit_for(self, path: str) -> int:
         for prefix, limit in self.limits:
@@ -211,16 +211,15 @@ class BodyLimit:
                 seen += size
                 if seen > limit:
                     raise BodyTooLarge(limit)
-                if self.held + size > self.in_flight:
-                    raise BodiesOverBudget(self.in_flight)
-                self.held += size
+                if not self.budget.take(size):
+                    raise BodiesOverBudget(self.budget.capacity)
                 counted += size
             return message
 
         try:
             await self.app(scope, limited, send)
         finally:
-            self.held -= counted
+            self.budget.give(counted)
 
 
 def _content_length(scope: Scope) -> int | None:

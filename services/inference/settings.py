@@ -149,8 +149,9 @@ class InferenceSettings(JobSettings):
 
     max_body_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=1024)
     """All request bodies being received or served at once, in bytes (503 with Retry-After
-    beyond): bodies are held whole, so without it a few hundred slow uploads of
-    `max_body_bytes` each would outgrow any memory limit."""
+    beyond), gRPC request messages included (each reserves `max_body_bytes` while it is read):
+    bodies are held whole, so without it a few hundred slow uploads of `max_body_bytes` each
+    would outgrow any memory limit."""
 
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest body of the JSON-only routes (/v1/jobs): a job request is a few KB, and a body

@@ -5,7 +5,9 @@ share the model holder, batcher, cache, codec pool and pixel budget. Its drain b
 uvicorn's shutdown does (`begin_stop`, from `..__main__`), beside the HTTP drain, and the
 lifespan waits for it before stopping the batcher. Limits
 gRPC enforces itself: `max_body_bytes` as the largest request message (RESOURCE_EXHAUSTED
-beyond), `max_header_bytes` as the metadata limit and `grpc_max_concurrent_rpcs`.
+beyond), `max_header_bytes` as the metadata limit and `grpc_max_concurrent_rpcs`. Every
+request message is read by `receive.BoundedReceive`: after authentication, within the body
+budget REST also draws from and within `body_timeout_seconds`.
 
 Health (`grpc.health.v1.Health/Check`, what Kubernetes' `grpc` probes call) answers SERVING
 for the server (`""`) and `inference.GRPCInferenceService` while a model is loaded and the pod
@@ -23,11 +25,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..admission import BodyBudget
 from ..dataplane import DataPlane
 from ..drain import DrainMarker
 from ..metrics import ApiMetrics
 from ..settings import InferenceSettings
 from . import grpc_predict_v2_pb2_grpc as pb_grpc
+from .receive import BoundedReceive
 from .servicer import SERVICE, Authorize, Servicer
 
 WATCH_INTERVAL_SECONDS = 1.0
@@ -71,12 +75,18 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 class GrpcServer:
     def __init__(self, settings: InferenceSettings, dataplane: DataPlane, metrics: ApiMetrics,
-                 drain: DrainMarker, authorize: Authorize | None = None) -> None:
+                 drain: DrainMarker, bodies: BodyBudget,
+                 authorize: Authorize | None = None) -> None:
         self._settings = settings
         self._health = Health(dataplane, drain)
         self._servicer = Servicer(dataplane, metrics,
                                   retry_after_seconds=settings.retry_after_seconds,
                                   authorize=authorize)
+        self._receive = BoundedReceive(
+            bodies, metrics, max_message_bytes=settings.max_body_bytes,
+            timeout_seconds=settings.body_timeout_seconds,
+            retry_after_seconds=settings.retry_after_seconds, protected=SERVICE,
+            authorize=authorize)
         self._server: grpc.aio.Server | None = None
         self._follow: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -88,7 +98,8 @@ class GrpcServer:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", s.max_body_bytes),
                      ("grpc.max_metadata_size", s.max_header_bytes),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0), ("grpc.http2.bdp_probe", 0)],
+            interceptors=[self._receive],
             maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self._servicer, server)
