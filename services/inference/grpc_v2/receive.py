@@ -51,6 +51,9 @@ calls waits milliseconds; waiting longer only means the budget is held by slow s
 
 
 class BoundedReceive(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Installed on the gRPC server (`.server`); `protected` names the service whose calls
+    need a key (`authorize`, raising `Unauthenticated` / `Forbidden`), health stays open."""
+
     def __init__(self, budget: BodyBudget, metrics: ApiMetrics, *, max_message_bytes: int,
                  timeout_seconds: float, retry_after_seconds: int, protected: str,
                  authorize: Callable[[Mapping[str, str]], object] | None) -> None:

@@ -4,7 +4,8 @@ Every call goes through `Servicer._call`, the gRPC counterpart of REST's middlew
 handler: request id (the caller's `x-request-id` metadata or a new one, echoed in the trailing
 metadata), authentication (every method needs the `infer` scope, as every /v2 route does: the
 API key travels as `authorization: Bearer <key>` or `x-api-key` metadata, which is what
-tritonclient's `headers=` sends; only `grpc.health.v1` is open, for probes), metrics (the
+tritonclient's `headers=` sends; only `grpc.health.v1` is open, for probes; `receive.py`
+already refused a call without a valid key before reading its message), metrics (the
 same series as REST with `protocol="grpc"`) and the one mapping of errors to statuses
 (`status.py`). The request deadline is the earliest of the server's, the caller's gRPC
 deadline (`tritonclient`'s `client_timeout`) and the OIP `timeout` parameter, fixed before
