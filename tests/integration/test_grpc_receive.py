@@ -56,9 +56,9 @@ class Silent:
         self.future = call.future(self._nothing(), metadata=metadata, timeout=60)
 
     def _nothing(self) -> Iterator[pb.ModelInferRequest]:
+        """The call's requests: none; it ends (half-closes) without one once released."""
         self._release.wait(60)
-        return
-        yield
+        yield from ()
 
     def release(self) -> None:
         self._release.set()
