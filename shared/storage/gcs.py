@@ -151,10 +151,16 @@ class GcsStorage:
     def walk(self, prefix: str) -> Iterator[str]:
         """Pages are fetched as the caller goes on, so stopping early costs one page."""
         bucket, key = split(prefix)
-        blobs = iter(self.client.list_blobs(bucket, prefix=key, retry=self._retry))
+        blobs = self._listing(bucket, key)
         while (name := self._next_name(blobs, prefix)) is not None:
             if not name.endswith("/"):
                 yield f"{_SCHEME}{bucket}/{name}"
+
+    @_translated
+    def _listing(self, bucket: str, key: str) -> Iterator[Any]:
+        """The lazy listing (no request yet); building the client may already fail on
+        credentials, which must be translated like any call."""
+        return iter(self.client.list_blobs(bucket, prefix=key, retry=self._retry))
 
     @_translated
     def _next_name(self, blobs: Iterator[Any], prefix: str) -> str | None:

@@ -3,6 +3,8 @@ retryable storage errors, never as google.auth or requests exceptions (which wer
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -50,3 +52,16 @@ def test_an_unreachable_endpoint_is_storage_unavailable_and_the_worker_retries_i
         assert caught.value.status == 503
         assert "127.0.0.1" not in caught.value.detail  # no raw client message
     assert issubclass(StorageUnavailable, RETRYABLE)
+
+
+def test_no_credentials_at_all_is_storage_unavailable_for_listings_too(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The client is built on first use; without any credentials that first use fails, and a
+    listing (lazy since it may stop early) translates it like every other call."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    gcs = GcsStorage(retry=QUICK)
+    with pytest.raises(StorageUnavailable):
+        next(gcs.walk("gs://bucket/prefix/"))
+    with pytest.raises(StorageUnavailable):
+        gcs.list("gs://bucket/prefix/")
