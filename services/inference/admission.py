@@ -162,6 +162,8 @@ class BodyBudget:
 
     def give(self, size: int) -> None:
         self.used -= size
+        if not self._waiting:  # every REST request ends here: nothing to allocate or wake
+            return
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:  # each looks again; few wait at once
             if not waiter.done():
